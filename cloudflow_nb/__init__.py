@@ -1,0 +1,63 @@
+"""cloudflow_nb: low-latency prediction serving as dataflow, in notebooks, on Dask.
+
+Examples
+--------
+>>> import cloudflow_nb as cf
+>>> flow = cf.Flow("hello", x=int).map(lambda row: row["x"] + 1, names={"y": int})
+>>> flow.run({"x": 41})[0]["y"]
+42
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cloudflow_nb.errors import (
+    DeploymentError,
+    FlowError,
+    FlowTimeoutError,
+    MissingKeyError,
+    OperatorError,
+    OptimizerError,
+    SchemaError,
+)
+from cloudflow_nb.flow import Flow, GroupedFlow
+from cloudflow_nb.optimize.options import Optimize
+from cloudflow_nb.physical import Plan, Stage
+from cloudflow_nb.runtime.device import device
+from cloudflow_nb.table import Row, Schema, Table
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DeploymentError",
+    "Flow",
+    "FlowError",
+    "FlowTimeoutError",
+    "GroupedFlow",
+    "MissingKeyError",
+    "OperatorError",
+    "Optimize",
+    "OptimizerError",
+    "Plan",
+    "Row",
+    "Schema",
+    "SchemaError",
+    "Stage",
+    "Table",
+    "device",
+]
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext cloudflow_nb``: register the cell magics."""
+    from cloudflow_nb.magics import register
+
+    register(ipython)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """``%unload_ext cloudflow_nb``: remove the cell magics."""
+    from cloudflow_nb.magics import unregister
+
+    unregister(ipython)

@@ -1,0 +1,123 @@
+"""Deterministic text renderings of logical and physical plans."""
+
+from __future__ import annotations
+
+from functools import singledispatch
+
+from cloudflow_nb.physical import Plan, Stage
+from cloudflow_nb.plan import Agg, Join, Lookup, Map, Node, Source, StageInput
+from cloudflow_nb.table import Schema, type_name
+from cloudflow_nb.traversal import walk
+
+__all__ = ["explain_logical", "explain_plan", "node_ids", "schema_delta"]
+
+
+def node_ids(root: Node) -> dict[int, str]:
+    """Stable ids ``n0, n1, ...`` in dependency order."""
+    return {id(n): f"n{i}" for i, n in enumerate(walk(root))}
+
+
+def schema_delta(node: Node) -> str:
+    """The output schema: only what changed for one-input operators that keep their input columns."""
+    children = node.children
+    if len(children) == 1 and not isinstance(node, Agg):
+        before: Schema = children[0].schema
+        changed = [(k, v) for k, v in node.schema.items() if k not in before or before[k] is not v]
+        if not changed:
+            return "same columns"
+        return ", ".join(f"+{k}: {type_name(v)}" for k, v in changed)
+    return node.schema.describe()
+
+
+@singledispatch
+def flags(node: Node) -> list[str]:
+    """Extra words shown after an operator (its options)."""
+    return []
+
+
+@flags.register
+def _(node: Map) -> list[str]:
+    out = []
+    if node.is_class:
+        out.append("class")
+    out += [f for f in ("batching", "gpu", "high_variance") if getattr(node, f)]
+    return out
+
+
+@flags.register
+def _(node: Lookup) -> list[str]:
+    out = ["dynamic" if node.dynamic else "static"]
+    if node.into:
+        out.append(f"into={node.into}")
+    return out
+
+
+@flags.register
+def _(node: Join) -> list[str]:
+    return []
+
+
+def _line(node: Node, ids: dict[int, str]) -> str:
+    args = ", ".join(ids[id(c)] for c in node.children)
+    head = f"{ids[id(node)]} = {node.kind}"
+    if node.label and not isinstance(node, (Source, StageInput)):
+        head += f" {node.label}"
+    elif isinstance(node, (Source, StageInput)):
+        head += f" {node.label!r}"
+    if args:
+        head += f" ({args})"
+    extra = flags(node)
+    if extra:
+        head += " [" + ", ".join(extra) + "]"
+    return f"{head}  -> {schema_delta(node)}"
+
+
+def explain_logical(root: Node) -> str:
+    """The logical plan, one operator per line in dependency order.
+
+    Examples
+    --------
+    >>> import cloudflow_nb as cf
+    >>> print(cf.Flow("f", x=int).filter(bool, name="nonzero").explain(optimized=False))
+    logical plan of flow 'f'
+      n0 = source 'f'  -> qid: int, x: int
+      n1 = filter nonzero (n0)  -> same columns
+    output: qid: int, x: int
+    """
+    ids = node_ids(root)
+    source = next(n for n in walk(root) if isinstance(n, Source))
+    lines = [f"logical plan of flow {source.name!r}"]
+    lines += ["  " + _line(n, ids) for n in walk(root)]
+    lines.append(f"output: {root.schema.describe()}")
+    return "\n".join(lines)
+
+
+def stage_traits(stage: Stage) -> list[str]:
+    """The runtime facts of a stage, as short words."""
+    out = ["gpu" if stage.gpu else "cpu"]
+    if stage.in_router:
+        out = ["router"]
+    if stage.competitive:
+        out.append(f"race x{stage.replicas}")
+    elif stage.replicas != 1:
+        out.append(f"replicas={stage.replicas}")
+    if stage.batching:
+        out.append(f"batch<={stage.batching.max_batch_size}/{stage.batching.max_batch_wait_ms:g}ms")
+    if stage.locality:
+        out.append(f"near store[{stage.locality}]")
+    return out
+
+
+def explain_plan(plan: Plan) -> str:
+    """The physical plan: stages in order with their operators, then the optimizer's decisions."""
+    lines = [f"physical plan of flow {plan.name!r} ({len(plan.stages)} stages, after pass {plan.pass_name!r})"]
+    for i, stage in enumerate(plan.stages):
+        inputs = ", ".join(stage.inputs)
+        lines.append(f"  s{i} {stage.name} <- {inputs} [{', '.join(stage_traits(stage))}]")
+        for op in stage.operators:
+            lines.append(f"       {op.kind} {op.label}".rstrip())
+    lines.append(f"output: {plan.output.name}: {plan.output.program.schema.describe()}")
+    if plan.decisions:
+        lines.append("decisions:")
+        lines += [f"  {d}" for d in plan.decisions]
+    return "\n".join(lines)

@@ -1,0 +1,66 @@
+"""``cf.Optimize``: the one frozen options object every optimizer entry point takes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from cloudflow_nb.errors import OptimizerError
+
+__all__ = ["Optimize"]
+
+
+@dataclass(frozen=True)
+class Optimize:
+    """Which rewrites the optimizer applies, and their parameters.
+
+    Parameters
+    ----------
+    fusion : bool
+        Fuse linear chains of operators into one stage.
+    whole : bool
+        Fuse the whole flow into a single stage (the paper's cascade and video pipelines).
+    compete : int
+        Racing replicas for operators marked ``high_variance`` (1 turns racing off).
+    batching : bool
+        Batch concurrent requests for operators marked ``batching``.
+    max_batch_size, max_batch_wait_ms
+        A replica's batch: at most this many rows, collected for at most this long.
+    gpu : bool
+        Place stages with GPU operators on GPU-tagged workers.
+    locality : bool
+        Run a dynamic lookup's stage on a worker that holds the key.
+
+    Examples
+    --------
+    >>> Optimize(compete=3).compete
+    3
+    >>> Optimize.none().fusion
+    False
+    """
+
+    fusion: bool = True
+    whole: bool = False
+    compete: int = 2
+    batching: bool = True
+    max_batch_size: int = 16
+    max_batch_wait_ms: float = 2.0
+    gpu: bool = True
+    locality: bool = True
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            expected = {"bool": bool, "int": int, "float": (int, float)}[str(f.type)]
+            if not isinstance(value, expected) or (f.type != "bool" and isinstance(value, bool)):
+                raise OptimizerError(f"Optimize: {f.name} must be {f.type}, got {value!r}")
+        if self.compete < 1:
+            raise OptimizerError(f"Optimize: compete must be at least 1, got {self.compete!r}")
+        if self.max_batch_size < 1:
+            raise OptimizerError(f"Optimize: max_batch_size must be at least 1, got {self.max_batch_size!r}")
+        if self.max_batch_wait_ms < 0:
+            raise OptimizerError(f"Optimize: max_batch_wait_ms must be >= 0, got {self.max_batch_wait_ms!r}")
+
+    @classmethod
+    def none(cls) -> Optimize:
+        """No rewrites: one stage per operator (GPU operators still go to GPU workers)."""
+        return cls(fusion=False, compete=1, batching=False, locality=False)

@@ -1,0 +1,112 @@
+"""Graphviz renderings of plans, and the notebook display that never raises.
+
+Node ids are assigned in dependency order, so the DOT source is byte-identical across runs.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from cloudflow_nb.explain import node_ids, schema_delta, stage_traits
+from cloudflow_nb.plan import AnyOf, Join, Lookup, Map, Node, Source, Union
+from cloudflow_nb.traversal import walk
+
+if TYPE_CHECKING:
+    import graphviz
+
+    from cloudflow_nb.physical import Plan
+
+__all__ = ["DOT_MISSING_HINT", "label", "logical_graph", "mimebundle", "plan_graph"]
+
+DOT_MISSING_HINT = (
+    "(graph not drawn: the Graphviz 'dot' program is missing; "
+    "install it with 'apt-get install graphviz' or 'conda install graphviz', or see https://graphviz.org/download/)"
+)
+
+FONT = {"fontname": "Helvetica", "fontsize": "10"}
+NODE_STYLE: dict[str, dict[str, str]] = {
+    "source": {"shape": "invhouse", "style": "filled", "fillcolor": "#e8eef7"},
+    "map": {"shape": "box", "style": "rounded,filled", "fillcolor": "#ffffff"},
+    "filter": {"shape": "trapezium", "style": "filled", "fillcolor": "#fdf6e3"},
+    "agg": {"shape": "box", "style": "filled", "fillcolor": "#eef7ee"},
+    "lookup": {"shape": "cylinder", "style": "filled", "fillcolor": "#f3ecf8"},
+    "join": {"shape": "diamond", "style": "filled", "fillcolor": "#f7ecec"},
+    "union": {"shape": "diamond", "style": "filled", "fillcolor": "#f7ecec"},
+    "anyof": {"shape": "diamond", "style": "filled,dashed", "fillcolor": "#f7ecec"},
+    "input": {"shape": "invhouse", "style": "filled", "fillcolor": "#e8eef7"},
+}
+
+
+def label(*parts: str) -> Any:
+    """A multi-line node label with every part escaped for graphviz."""
+    import graphviz
+
+    return graphviz.nohtml("\\n".join(graphviz.escape(p) for p in parts if p))
+
+
+def _node_lines(node: Node) -> list[str]:
+    title = node.kind
+    if isinstance(node, Map):
+        extra = [f for f in ("batching", "gpu", "high_variance") if getattr(node, f)]
+        if extra:
+            title += " [" + ", ".join(extra) + "]"
+    elif isinstance(node, Lookup) and node.dynamic:
+        title += " [dynamic]"
+    name = node.label if not isinstance(node, (Union, AnyOf)) else ""
+    return [title, name, schema_delta(node)]
+
+
+def logical_graph(root: Node, rankdir: str = "TB") -> graphviz.Digraph:
+    """The logical plan as a ``graphviz.Digraph`` (one node per operator)."""
+    import graphviz
+
+    ids = node_ids(root)
+    source = next(n for n in walk(root) if isinstance(n, Source))
+    g = graphviz.Digraph(name=f"flow_{source.name}", graph_attr={"rankdir": rankdir, **FONT}, node_attr=FONT)
+    for node in walk(root):
+        g.node(ids[id(node)], label(*_node_lines(node)), **NODE_STYLE.get(node.kind, {}))
+    for node in walk(root):
+        for i, child in enumerate(node.children):
+            attrs = {"label": "right"} if isinstance(node, Join) and i == 1 else {}
+            g.edge(ids[id(child)], ids[id(node)], **attrs)
+    return g
+
+
+def plan_graph(plan: Plan, rankdir: str = "TB") -> graphviz.Digraph:
+    """The physical plan: one node per stage, labelled with its operators and traits."""
+    import graphviz
+
+    g = graphviz.Digraph(name=f"plan_{plan.name}", graph_attr={"rankdir": rankdir, **FONT}, node_attr=FONT)
+    g.node("source", label("source", plan.name, plan.source.schema.describe()), **NODE_STYLE["source"])
+    for i, stage in enumerate(plan.stages):
+        ops = [f"{op.kind} {op.label}".strip() for op in stage.operators]
+        style = {"shape": "box", "style": "rounded,filled", "fillcolor": "#c8e6c9" if stage.gpu else "#ffffff"}
+        if stage.competitive:
+            style["peripheries"] = "2"
+        g.node(f"s{i}", label(stage.name, *ops, "[" + ", ".join(stage_traits(stage)) + "]"), **style)
+    index = {s.name: f"s{i}" for i, s in enumerate(plan.stages)}
+    for i, stage in enumerate(plan.stages):
+        for inp in stage.inputs:
+            g.edge(index.get(inp, "source"), f"s{i}")
+    return g
+
+
+def dot_available() -> bool:
+    """Whether the Graphviz ``dot`` program is on PATH."""
+    return shutil.which("dot") is not None
+
+
+def mimebundle(graph: Callable[[], Any], text: Callable[[], str], short: str) -> dict[str, str]:
+    """SVG of ``graph()`` when ``dot`` works, else the text plan and how to get graphs; never raises."""
+    try:
+        if dot_available():
+            try:
+                svg = graph().pipe(format="svg", encoding="utf-8")
+                return {"image/svg+xml": svg, "text/plain": short}
+            except Exception:  # a broken dot install: fall back to text below
+                pass
+        return {"text/plain": f"{text()}\n{DOT_MISSING_HINT if not dot_available() else ''}".rstrip()}
+    except Exception as exc:  # a repr must never raise in a notebook
+        return {"text/plain": f"{short} (could not render: {type(exc).__name__}: {exc})"}

@@ -1,0 +1,42 @@
+# The two set-up commands: `make demo` and `make test` each set everything up on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench setup dot lint clean
+
+demo: setup
+	$(PY) -m cloudflow_nb.examples.demo
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) benchmarks/run_all.py
+
+lint: setup
+	$(VENV)/bin/ruff check cloudflow_nb tests benchmarks
+	$(VENV)/bin/mypy
+
+setup: $(STAMP) dot
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch 2.13.0 has a local CPU wheel on these machines; a bare "torch" would pull a CUDA build
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[test,examples,dev]"
+	touch $(STAMP)
+
+dot:
+	@command -v dot >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Graphviz (dot) with apt-get"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq graphviz >/dev/null; \
+	  else \
+	    echo "Graphviz 'dot' is missing: run 'sudo apt-get install graphviz' (graphs fall back to text until then)"; \
+	  fi; }
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

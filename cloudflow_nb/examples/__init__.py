@@ -1,0 +1,1 @@
+"""The paper's real-world pipelines, built on models that work offline."""

@@ -172,7 +172,8 @@ class LocalEngine:
                 rows = list(values[i][id(node.child)])
                 try:
                     out = self.call_batch(node, rows)
-                    values[i][id(node)] = Table(node.schema, [_merge(node, r, o) for r, o in zip(rows, out, strict=True)])
+                    merged = [_merge(node, r, o) for r, o in zip(rows, out, strict=True)]
+                    values[i][id(node)] = Table(node.schema, merged)
                 except FlowError as exc2:
                     errors[i] = exc2
             return
@@ -354,7 +355,7 @@ def _join(node: Join, left: Table, right: Table) -> Table:
     if node.how == "outer":
         for rrow in right:
             if id(rrow) not in matched:
-                record = {c: rrow[c] if c in rrow else None for c in node.schema.names}
+                record = {c: rrow.get(c) for c in node.schema.names}
                 out.append(record)
     out.sort(key=lambda r: r[QID])
     return Table(node.schema, out)

@@ -170,27 +170,34 @@ class Flow:
         self._engine.store = store
         return self._engine.run(self._node, {self.source: table})
 
-    def optimize(self, options: Optimize | bool | None = None) -> Plan:
-        """The physical plan the optimizer makes of this flow (``False``: no rewrites)."""
-        from cloudflow_nb.optimize import optimize, resolve_options
+    def optimize(self, options: Optimize | bool | None = None, stage: str | None = None) -> Plan:
+        """The physical plan the optimizer makes of this flow (``False``: no rewrites).
 
-        return optimize(self.name, self._node, resolve_options(options))
+        ``stage`` stops after that optimizer pass (see ``cf.optimize_until``).
+        """
+        from cloudflow_nb.optimize import PASSES, optimize_until, resolve_options
 
-    def explain(self, optimized: bool = True, options: Optimize | None = None) -> str:
-        """Deterministic text of the optimized plan, or of the logical one."""
+        return optimize_until(self, stage or PASSES[-1], resolve_options(options))
+
+    def explain(
+        self, optimized: bool = True, options: Optimize | bool | None = None, stage: str | None = None
+    ) -> str:
+        """Deterministic text of the optimized plan (after pass ``stage``), or of the logical one."""
         from cloudflow_nb.explain import explain_logical
 
         if not optimized:
             return explain_logical(self._node)
-        return self.optimize(options).explain()
+        return self.optimize(options, stage).explain()
 
-    def show_graph(self, optimized: bool = True, options: Optimize | None = None) -> graphviz.Digraph:
-        """A ``graphviz.Digraph`` of the optimized plan, or of the logical one."""
+    def show_graph(
+        self, optimized: bool = True, options: Optimize | bool | None = None, stage: str | None = None
+    ) -> graphviz.Digraph:
+        """A ``graphviz.Digraph`` of the optimized plan (after pass ``stage``), or of the logical one."""
         from cloudflow_nb.viz import logical_graph
 
         if not optimized:
             return logical_graph(self._node)
-        return self.optimize(options).show_graph()
+        return self.optimize(options, stage).show_graph()
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
         from cloudflow_nb.viz import mimebundle
@@ -203,6 +210,10 @@ class Flow:
             return f"<cf.Flow {self.name!r}: {ops} operators -> ({self.schema.describe()})>"
         except Exception:
             return "<cf.Flow>"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # ship the plan only: the cached engine holds a lock and built model instances
+        return (_flow_from_node, (self._node,))
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -235,6 +246,10 @@ class GroupedFlow:
 
     def __repr__(self) -> str:
         return f"<cf.GroupedFlow {self._flow.name!r} by {self._by!r}>"
+
+
+def _flow_from_node(node: Node) -> Flow:
+    return Flow._from_node(node)
 
 
 def _normalize_names(names: Any) -> tuple[tuple[str, type], ...]:

@@ -117,9 +117,14 @@ class Source(Node):
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise SchemaError(f"flow name must be a non-empty string, got {self.name!r}")
-        for col, _ in self.columns:
+        for col, tp in self.columns:
             if col == QID:
                 raise SchemaError("source: column 'qid' is reserved for row ids; choose another name")
+            if not isinstance(tp, type):
+                raise SchemaError(
+                    f"source {self.name!r}: type of column {col!r} must be a class "
+                    f"(e.g. int, float, str, bool, bytes, np.ndarray), got {tp!r}"
+                )
         self._set_schema(Schema(self.columns))
 
     @property
@@ -170,6 +175,8 @@ class Map(Node):
             raise SchemaError(f"map {self.label!r}: names must list at least one output column")
         seen = set()
         for col, tp in self.names:
+            if not isinstance(col, str) or not col:
+                raise SchemaError(f"map {self.label!r}: output column names must be non-empty strings, got {col!r}")
             if col == QID:
                 raise SchemaError(f"map {self.label!r}: column 'qid' is reserved for row ids")
             if col in seen:

@@ -21,8 +21,9 @@ from cloudflow_nb.errors import (
     OptimizerError,
     SchemaError,
 )
+from cloudflow_nb.compare import Comparison, compare
 from cloudflow_nb.flow import Flow, GroupedFlow
-from cloudflow_nb.optimize.options import Optimize
+from cloudflow_nb.optimize import Optimize, optimize_until
 from cloudflow_nb.physical import Plan, Stage
 from cloudflow_nb.runtime.device import device
 from cloudflow_nb.table import Row, Schema, Table
@@ -30,6 +31,7 @@ from cloudflow_nb.table import Row, Schema, Table
 __version__ = "0.1.0"
 
 __all__ = [
+    "Comparison",
     "DeploymentError",
     "Flow",
     "FlowError",
@@ -45,7 +47,9 @@ __all__ = [
     "SchemaError",
     "Stage",
     "Table",
+    "compare",
     "device",
+    "optimize_until",
 ]
 
 

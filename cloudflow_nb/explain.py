@@ -9,7 +9,15 @@ from cloudflow_nb.plan import Agg, Join, Lookup, Map, Node, Source, StageInput
 from cloudflow_nb.table import Schema, type_name
 from cloudflow_nb.traversal import walk
 
-__all__ = ["explain_logical", "explain_plan", "node_ids", "schema_delta"]
+__all__ = [
+    "explain_decisions",
+    "explain_logical",
+    "explain_plan",
+    "explain_stages",
+    "node_ids",
+    "schema_delta",
+    "stage_traits",
+]
 
 
 def node_ids(root: Node) -> dict[int, str]:
@@ -109,15 +117,44 @@ def stage_traits(stage: Stage) -> list[str]:
 
 
 def explain_plan(plan: Plan) -> str:
-    """The physical plan: stages in order with their operators, then the optimizer's decisions."""
-    lines = [f"physical plan of flow {plan.name!r} ({len(plan.stages)} stages, after pass {plan.pass_name!r})"]
+    """The physical plan: stages in order with their operators, then each rule's decisions.
+
+    Examples
+    --------
+    >>> import cloudflow_nb as cf
+    >>> flow = cf.Flow("f", x=int).map(abs, names="x").map(str, names="y")
+    >>> print(flow.explain(stage="fused"))
+    physical plan of flow 'f' (1 stage, after pass 'fused')
+      s0 abs-str <- source [cpu]
+           map abs
+           map str
+    output: abs-str: qid: int, x: any, y: any
+    fusion:
+      + abs-str: fused a linear chain of 2 operators: intermediate tables stay in memory
+    """
+    count = len(plan.stages)
+    lines = [
+        f"physical plan of flow {plan.name!r} ({count} stage{'s' if count != 1 else ''}, after pass {plan.pass_name!r})"
+    ]
+    lines += explain_stages(plan)
+    lines.append(f"output: {plan.output.name}: {plan.output.program.schema.describe()}")
+    lines += explain_decisions(plan)
+    return "\n".join(lines)
+
+
+def explain_stages(plan: Plan) -> list[str]:
+    """Each stage with its inputs and traits, then its operators, one per line."""
+    lines = []
     for i, stage in enumerate(plan.stages):
         inputs = ", ".join(stage.inputs)
         lines.append(f"  s{i} {stage.name} <- {inputs} [{', '.join(stage_traits(stage))}]")
-        for op in stage.operators:
-            lines.append(f"       {op.kind} {op.label}".rstrip())
-    lines.append(f"output: {plan.output.name}: {plan.output.program.schema.describe()}")
-    if plan.decisions:
-        lines.append("decisions:")
-        lines += [f"  {d}" for d in plan.decisions]
-    return "\n".join(lines)
+        lines += [f"       {op.kind} {op.label}".rstrip() for op in stage.operators]
+    return lines
+
+
+def explain_decisions(plan: Plan) -> list[str]:
+    """One section per rule, in pass order: ``+`` what it did, ``-`` what it declined, and why."""
+    by_rule: dict[str, list[str]] = {}
+    for d in plan.decisions:
+        by_rule.setdefault(d.rule, []).append(f"  {'+' if d.applied else '-'} {d.subject}: {d.reason}")
+    return [line for rule, entries in by_rule.items() for line in (f"{rule}:", *entries)]

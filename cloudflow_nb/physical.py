@@ -225,8 +225,14 @@ def build_plan(
 
 
 def _default_name(members: Sequence[Node]) -> str:
-    parts = [n.label if n.kind in ("map", "filter") else n.kind for n in members]
-    return "-".join(parts) if parts else "stage"
+    """A stage named from its parts: ``pre-resnet``; lambdas read as ``lambda``."""
+    return "-".join(_part_name(n) for n in members) if members else "stage"
+
+
+def _part_name(node: Node) -> str:
+    if node.kind not in ("map", "filter"):
+        return node.kind
+    return "lambda" if node.label.startswith("<lambda") else node.label
 
 
 def _unique(names: list[str]) -> list[str]:

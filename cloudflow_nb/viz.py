@@ -16,9 +16,18 @@ from cloudflow_nb.traversal import walk
 if TYPE_CHECKING:
     import graphviz
 
-    from cloudflow_nb.physical import Plan
+    from cloudflow_nb.physical import Plan, Stage
 
-__all__ = ["DOT_MISSING_HINT", "label", "logical_graph", "mimebundle", "plan_graph"]
+__all__ = [
+    "DOT_MISSING_HINT",
+    "add_legend",
+    "add_plan",
+    "label",
+    "logical_graph",
+    "mimebundle",
+    "plan_graph",
+    "stage_kinds",
+]
 
 DOT_MISSING_HINT = (
     "(graph not drawn: the Graphviz 'dot' program is missing; "
@@ -74,23 +83,73 @@ def logical_graph(root: Node, rankdir: str = "TB") -> graphviz.Digraph:
     return g
 
 
+STAGE_STYLE: dict[str, dict[str, str]] = {
+    "cpu": {"shape": "box", "style": "rounded,filled", "fillcolor": "#ffffff"},
+    "gpu": {"shape": "box", "style": "rounded,filled", "fillcolor": "#c8e6c9", "color": "#2e7d32"},
+    "router": {"shape": "hexagon", "style": "filled,dashed", "fillcolor": "#f7ecec"},
+    "racing": {"peripheries": "2", "color": "#c62828"},
+    "batched": {"shape": "box3d"},
+    "local": {"penwidth": "2", "color": "#6a1b9a"},
+}
+LEGEND: dict[str, str] = {
+    "cpu": "CPU stage",
+    "gpu": "GPU stage (green)",
+    "router": "router stage (anyof)",
+    "racing": "racing replicas (double red border)",
+    "batched": "batched (3-D box)",
+    "local": "runs near its store key (purple border)",
+}
+
+
+def stage_kinds(stage: Stage) -> list[str]:
+    """The style keys of a stage: its device (or router), then racing, batched, local."""
+    kinds = ["router" if stage.in_router else "gpu" if stage.gpu else "cpu"]
+    kinds += [k for k, on in (("racing", stage.competitive), ("batched", stage.batching), ("local", stage.locality)) if on]
+    return kinds
+
+
 def plan_graph(plan: Plan, rankdir: str = "TB") -> graphviz.Digraph:
-    """The physical plan: one node per stage, labelled with its operators and traits."""
+    """The physical plan: one node per stage, styled by kind, with a legend."""
     import graphviz
 
     g = graphviz.Digraph(name=f"plan_{plan.name}", graph_attr={"rankdir": rankdir, **FONT}, node_attr=FONT)
-    g.node("source", label("source", plan.name, plan.source.schema.describe()), **NODE_STYLE["source"])
-    for i, stage in enumerate(plan.stages):
-        ops = [f"{op.kind} {op.label}".strip() for op in stage.operators]
-        style = {"shape": "box", "style": "rounded,filled", "fillcolor": "#c8e6c9" if stage.gpu else "#ffffff"}
-        if stage.competitive:
-            style["peripheries"] = "2"
-        g.node(f"s{i}", label(stage.name, *ops, "[" + ", ".join(stage_traits(stage)) + "]"), **style)
-    index = {s.name: f"s{i}" for i, s in enumerate(plan.stages)}
-    for i, stage in enumerate(plan.stages):
-        for inp in stage.inputs:
-            g.edge(index.get(inp, "source"), f"s{i}")
+    kinds = add_plan(g, plan, "")
+    add_legend(g, kinds)
     return g
+
+
+def add_plan(g: graphviz.Digraph, plan: Plan, prefix: str) -> set[str]:
+    """Draw ``plan``'s source and stages into ``g`` with ids ``<prefix>s0...``; the style keys used."""
+    used: set[str] = set()
+    source = f"{prefix}source"
+    g.node(source, label("source", plan.name, plan.source.schema.describe()), **NODE_STYLE["source"])
+    index = {s.name: f"{prefix}s{i}" for i, s in enumerate(plan.stages)}
+    for stage in plan.stages:
+        ops = [f"{op.kind} {op.label}".strip() for op in stage.operators]
+        style: dict[str, str] = {}
+        kinds = stage_kinds(stage)
+        used.update(kinds)
+        for kind in kinds:
+            style.update(STAGE_STYLE[kind])
+        traits = "[" + ", ".join(stage_traits(stage)) + "]"
+        g.node(index[stage.name], label(stage.name, *ops, traits), **style)
+    for stage in plan.stages:
+        for inp in stage.inputs:
+            g.edge(index.get(inp, source), index[stage.name])
+    return used
+
+
+def add_legend(g: graphviz.Digraph, kinds: set[str]) -> None:
+    """One table node explaining the styles in ``kinds`` (always CPU and GPU)."""
+    rows = []
+    for kind in LEGEND:
+        if kind in kinds or kind in ("cpu", "gpu"):
+            style = {**STAGE_STYLE["cpu"], **STAGE_STYLE[kind]}
+            fill = style.get("fillcolor", "#ffffff")
+            border = style.get("color", "#000000")
+            rows.append(f'<tr><td bgcolor="{fill}" color="{border}">{LEGEND[kind]}</td></tr>')
+    table = '<table border="0" cellborder="1" cellspacing="2"><tr><td border="0"><b>legend</b></td></tr>'
+    g.node("legend", f"<{table}{''.join(rows)}</table>>", shape="plaintext")
 
 
 def dot_available() -> bool:

@@ -399,9 +399,22 @@ def _same_schema(op: str, inputs: tuple[Node, ...]) -> Schema:
         if other.schema != first:
             raise SchemaError(
                 f"{op}: input {i} has schema ({other.schema.describe()}), "
-                f"expected the same as input 0 ({first.describe()})"
+                f"expected the same as input 0 ({first.describe()}): {_schema_difference(first, other.schema, i)}"
             )
     return first
+
+
+def _schema_difference(first: Schema, other: Schema, i: int) -> str:
+    """The first column on which two schemas differ, in words."""
+    for name, tp in other.items():
+        if name not in first:
+            return f"column {name!r} is not in input 0"
+        if first[name] is not tp:
+            return f"column {name!r} is {type_name(tp)} in input {i} but {type_name(first[name])} in input 0"
+    for name in first:
+        if name not in other:
+            return f"column {name!r} is missing from input {i}"
+    return "the columns are in a different order"
 
 
 @dataclass(frozen=True, eq=False)

@@ -57,7 +57,9 @@ class Comparison:
         width = max(len(line) for line in left)
         rows = [
             f"{a.ljust(width)} | {b}".rstrip()
-            for a, b in zip(left + [""] * (len(right) - len(left)), right + [""] * (len(left) - len(right)), strict=True)
+            for a, b in zip(
+                left + [""] * (len(right) - len(left)), right + [""] * (len(left) - len(right)), strict=True
+            )
         ]
         head = f"compare flow {self.before.name!r}: {_count(self.before)} -> {_count(self.after)}"
         return "\n".join([head, *rows, *explain_decisions(self.after)])
@@ -68,9 +70,14 @@ class Comparison:
 
         from cloudflow_nb.viz import FONT, add_legend, add_plan
 
-        g = graphviz.Digraph(name=f"compare_{self.before.name}", graph_attr={"rankdir": rankdir, **FONT}, node_attr=FONT)
+        g = graphviz.Digraph(
+            name=f"compare_{self.before.name}", graph_attr={"rankdir": rankdir, **FONT}, node_attr=FONT
+        )
         kinds: set[str] = set()
-        for key, title, plan in (("before", "before: no rewrites", self.before), ("after", "after: optimized", self.after)):
+        for key, title, plan in (
+            ("before", "before: no rewrites", self.before),
+            ("after", "after: optimized", self.after),
+        ):
             with g.subgraph(name=f"cluster_{key}") as sub:
                 sub.attr(label=f"{title} ({_count(plan)})", style="rounded", color="#9e9e9e")
                 kinds |= add_plan(sub, plan, f"{key}_")

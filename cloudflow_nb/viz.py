@@ -104,7 +104,9 @@ LEGEND: dict[str, str] = {
 def stage_kinds(stage: Stage) -> list[str]:
     """The style keys of a stage: its device (or router), then racing, batched, local."""
     kinds = ["router" if stage.in_router else "gpu" if stage.gpu else "cpu"]
-    kinds += [k for k, on in (("racing", stage.competitive), ("batched", stage.batching), ("local", stage.locality)) if on]
+    kinds += [
+        k for k, on in (("racing", stage.competitive), ("batched", stage.batching), ("local", stage.locality)) if on
+    ]
     return kinds
 
 

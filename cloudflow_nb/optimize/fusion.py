@@ -145,7 +145,9 @@ def _whole(graph: Graph, options: Optimize) -> tuple[Groups, Declines, list[Deci
             notes += _crossings(part)
             continue
         inside = {id(n) for n in part}
-        notes.append(Decision(RULE, part[0].title, False, f"whole-flow fusion declined: {problem}; fell back to chains"))
+        notes.append(
+            Decision(RULE, part[0].title, False, f"whole-flow fusion declined: {problem}; fell back to chains")
+        )
         groups += [g for g in chain_groups if id(g[0]) in inside]
         declines += [(n, why) for n, why in chain_declines if id(n) in inside]
     return [graph.sorted(g) for g in groups], declines, notes

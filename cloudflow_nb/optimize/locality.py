@@ -12,7 +12,7 @@ from cloudflow_nb.physical import Decision, Plan, Stage
 from cloudflow_nb.plan import Lookup, Node
 from cloudflow_nb.traversal import walk
 
-__all__ = ["RULE", "localize", "locality_cut"]
+__all__ = ["RULE", "locality_cut", "localize"]
 
 RULE = "locality"
 
@@ -30,7 +30,9 @@ def localize(plan: Plan) -> Plan:
     lookups = [n for n in walk(plan.logical) if isinstance(n, Lookup) and n.dynamic]
     if not lookups:
         return plan.with_stages(
-            plan.stages, Decision(RULE, f"flow {plan.name!r}", False, "no dynamic lookup to route"), pass_name="localized"
+            plan.stages,
+            Decision(RULE, f"flow {plan.name!r}", False, "no dynamic lookup to route"),
+            pass_name="localized",
         )
     if not options.locality:
         off = Decision(RULE, f"flow {plan.name!r}", False, "off (Optimize(locality=False)): lookups run on any worker")

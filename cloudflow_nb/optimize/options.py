@@ -50,7 +50,8 @@ class Optimize:
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            expected: type | tuple[type, ...] = {"bool": bool, "int": int, "float": (int, float)}[str(f.type)]
+            kinds: dict[str, type | tuple[type, ...]] = {"bool": bool, "int": int, "float": (int, float)}
+            expected = kinds[str(f.type)]
             if not isinstance(value, expected) or (f.type != "bool" and isinstance(value, bool)):
                 raise OptimizerError(f"Optimize: {f.name} must be {f.type}, got {value!r}")
         if self.compete < 1:

@@ -23,7 +23,9 @@ def place(plan: Plan) -> Plan:
             decisions.append(Decision(RULE, stage.name, True, "runs in the deployment's router, not on a worker"))
         elif gpu_ops and options.gpu:
             stage = stage.with_(gpu=True)
-            decisions.append(Decision(RULE, stage.name, True, f"on GPU-tagged workers only ({gpu_ops[0].title} is gpu)"))
+            decisions.append(
+                Decision(RULE, stage.name, True, f"on GPU-tagged workers only ({gpu_ops[0].title} is gpu)")
+            )
         elif gpu_ops:
             why = f"off (Optimize(gpu=False)): {gpu_ops[0].title} runs on any worker"
             decisions.append(Decision(RULE, stage.name, False, why))

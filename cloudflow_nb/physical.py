@@ -186,9 +186,7 @@ def build_plan(
     readers = consumers(logical)
     outputs: list[Node] = []
     for g, members in enumerate(groups):
-        used_outside = [
-            n for n in members if n is logical or any(group_of[id(c)] != g for c in readers[id(n)])
-        ]
+        used_outside = [n for n in members if n is logical or any(group_of[id(c)] != g for c in readers[id(n)])]
         if len(used_outside) != 1:
             raise OptimizerError(f"stage {g} must have exactly one output, has {len(used_outside)}")
         outputs.append(used_outside[0])

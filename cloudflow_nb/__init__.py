@@ -31,12 +31,15 @@ from cloudflow_nb.table import Row, Schema, Table
 __version__ = "0.1.0"
 
 __all__ = [
+    "Cluster",
     "Comparison",
+    "Deployment",
     "DeploymentError",
     "Flow",
     "FlowError",
     "FlowTimeoutError",
     "GroupedFlow",
+    "LocalCluster",
     "MissingKeyError",
     "OperatorError",
     "Optimize",
@@ -48,9 +51,30 @@ __all__ = [
     "Stage",
     "Table",
     "compare",
+    "connect",
     "device",
     "optimize_until",
 ]
+
+# The serving runtime pulls in dask.distributed: load it on first use, keeping the import fast.
+_RUNTIME = {
+    "Cluster": "cloudflow_nb.runtime.cluster",
+    "LocalCluster": "cloudflow_nb.runtime.cluster",
+    "connect": "cloudflow_nb.runtime.cluster",
+    "Deployment": "cloudflow_nb.runtime.deployment",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _RUNTIME:
+        import importlib
+
+        return getattr(importlib.import_module(_RUNTIME[name]), name)
+    raise AttributeError(f"module 'cloudflow_nb' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
 
 
 def load_ipython_extension(ipython: Any) -> None:

@@ -1,0 +1,129 @@
+"""``Deployment``: a flow served on a cluster, with blocking, future and asyncio entry points."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from cloudflow_nb.errors import DeploymentError, FlowTimeoutError
+from cloudflow_nb.runtime.controller import Controller
+from cloudflow_nb.runtime.router import Router, stage_runtimes
+from cloudflow_nb.table import Table
+
+if TYPE_CHECKING:
+    from cloudflow_nb.flow import Flow
+    from cloudflow_nb.physical import Plan
+    from cloudflow_nb.runtime.loop import LoopThread
+    from cloudflow_nb.runtime.store import Store
+
+__all__ = ["Deployment"]
+
+DEFAULT_TIMEOUT = 30.0
+# How much longer a blocking caller waits than the request's own deadline before giving up.
+GRACE = 5.0
+
+
+class Deployment:
+    """A flow deployed on a cluster: warm stage replicas on the workers and a router here.
+
+    Made by ``cluster.deploy(flow)``. Requests go from the router straight to the replicas
+    (never through the scheduler); concurrent requests never mix.
+
+    Examples
+    --------
+    >>> with cluster.deploy(flow) as dep:               # doctest: +SKIP
+    ...     dep.predict({"x": 1})
+    ...     dep.submit([{"x": 1}, {"x": 2}]).result()
+    ...     dep.stats()["stages"]
+    """
+
+    def __init__(self, flow: Flow, plan: Plan, loop: LoopThread, scheduler: str, store: Store, timeout: float) -> None:
+        self.flow = flow
+        self.plan = plan
+        self.timeout = timeout
+        self._loop = loop
+        self._closed = False
+        stages = stage_runtimes(plan)
+        self._controller = Controller(f"{plan.name}-{uuid.uuid4().hex[:8]}", loop.pool, scheduler, stages)
+        self._router = Router(plan, stages, loop.pool, store, self._controller)
+
+    def start(self) -> Deployment:
+        """Place and warm every stage's replicas (``DeploymentError`` when one cannot be)."""
+        try:
+            self._loop.run(self._controller.deploy(), timeout=DEFAULT_TIMEOUT * 4)
+        except concurrent.futures.TimeoutError:
+            raise DeploymentError(f"deploy {self.plan.name!r}: replicas did not start in time") from None
+        return self
+
+    # -- requests -------------------------------------------------------------------------------
+
+    def submit(self, request: Any, timeout: float | None = None) -> concurrent.futures.Future[Table]:
+        """Send a request; a ``concurrent.futures.Future`` of its ``cf.Table``.
+
+        The request is validated here: a bad one raises ``SchemaError`` before anything is sent.
+        """
+        if self._closed:
+            raise DeploymentError(f"deployment {self.plan.name!r} is closed")
+        table = Table.from_request(request, self.flow.input_schema, where=f"flow {self.plan.name!r} request")
+        return self._loop.submit(self._router.predict(table, self.timeout if timeout is None else timeout))
+
+    def predict(self, request: Any, timeout: float | None = None) -> Table:
+        """Send a request and wait for its ``cf.Table`` (``FlowTimeoutError`` after ``timeout`` s)."""
+        limit = self.timeout if timeout is None else timeout
+        future = self.submit(request, limit)
+        try:
+            return future.result(limit + GRACE)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise FlowTimeoutError(f"flow {self.plan.name!r}: no answer within {limit:g} s") from None
+
+    async def apredict(self, request: Any, timeout: float | None = None) -> Table:
+        """``await dep.apredict(request)``: the same as :meth:`predict`, for asyncio code."""
+        return await asyncio.wrap_future(self.submit(request, timeout))
+
+    # -- inspection and lifecycle ---------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Per-request and per-stage figures: counts, errors, retries, latency percentiles (ms),
+        batch sizes and where each replica runs."""
+        return self._loop.run(self._stats(), timeout=10)
+
+    async def _stats(self) -> dict[str, Any]:
+        stages = {}
+        for name, srt in self._router.stages.items():
+            stage = srt.stage
+            stages[name] = {
+                **srt.stats.summary(),
+                "replicas": [{"worker": r.worker, "device": srt.devices[r]} for r in srt.replicas],
+                "gpu": stage.gpu,
+                "competitive": stage.competitive,
+                "batching": stage.batching.max_batch_size if stage.batching else None,
+                "locality": stage.locality,
+                "in_router": stage.in_router,
+            }
+        return {"flow": self.plan.name, "requests": self._router.requests.summary(), "stages": stages}
+
+    def close(self) -> None:
+        """Stop the replicas (idempotent); later requests raise ``DeploymentError``."""
+        if self._closed:
+            return
+        self._closed = True
+        if not self._loop.closed:
+            self._loop.run(self._controller.close(), timeout=30)
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` ran."""
+        return self._closed
+
+    def __enter__(self) -> Deployment:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{len(self.plan.stages)} stages"
+        return f"<cf.Deployment {self.plan.name!r}: {state}>"

@@ -1,0 +1,296 @@
+"""The worker side: warm stage replicas behind comm handlers installed by a worker plugin.
+
+:class:`CloudflowWorker` is registered once per cluster and set up on every worker (also on
+workers that join later). It installs the store's handlers and these:
+
+- ``cf_start`` builds a :class:`Replica` of a stage (class-based operators and their models load
+  here, once, in the replica's own thread) and ``cf_stop`` drops it;
+- ``cf_call`` runs one request's inputs through a replica, returning the output inline or keeping
+  it on this worker as a reference; ``cf_fetch``/``cf_release`` serve and free those outputs;
+- ``cf_cancel`` drops queued calls of requests that no longer need them (race losers).
+
+User code never runs on the worker's event loop: each replica has one thread of its own, fed by a
+:class:`~cloudflow_nb.runtime.batcher.Batcher` queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from distributed.diagnostics.plugin import WorkerPlugin
+from distributed.protocol.serialize import to_serialize
+
+from cloudflow_nb.errors import FlowError
+from cloudflow_nb.physical import Batching
+from cloudflow_nb.plan import Node, StageInput
+from cloudflow_nb.runtime.batcher import Batcher, Run, WaitUntil
+from cloudflow_nb.runtime.device import gpu_device_name, using_device
+from cloudflow_nb.runtime.local import LocalEngine
+from cloudflow_nb.runtime.store import WorkerStoreView, WorkerValues, store_key
+from cloudflow_nb.runtime.wire import INLINE_LIMIT, pack_error, table_nbytes
+from cloudflow_nb.table import Table
+from cloudflow_nb.traversal import walk
+
+if TYPE_CHECKING:
+    from distributed import Worker
+
+__all__ = ["CloudflowWorker", "Replica", "StageSpec"]
+
+# Outputs kept for a next stage are freed by the router; this sweeps what a vanished router left.
+RESULT_TTL = 120.0
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """What a worker needs to serve a stage: its name, program, batching and device class."""
+
+    name: str
+    program: Node
+    batching: Batching | None = None
+    gpu: bool = False
+
+    @property
+    def slots(self) -> list[StageInput]:
+        """The program's input slots, in slot order."""
+        return sorted((n for n in walk(self.program) if isinstance(n, StageInput)), key=lambda n: n.slot)
+
+
+@dataclass
+class _Call:
+    request: str
+    bindings: dict[Node, Table]
+    deadline: float
+    future: asyncio.Future[Any] = field(repr=False)
+
+
+class Replica:
+    """One warm replica of a stage on this worker: an engine, a thread and a batching queue."""
+
+    def __init__(self, spec: StageSpec, device: str, store: WorkerStoreView) -> None:
+        self.spec = spec
+        self.device = device
+        self.slots = spec.slots
+        self.engine = LocalEngine(store=store)
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"cf-{spec.name}")
+        b = spec.batching
+        self.batcher = Batcher(b.max_batch_size, b.max_batch_wait_ms / 1000) if b else Batcher()
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Build the stage's class-based operators in the replica's thread, then serve."""
+        await asyncio.get_running_loop().run_in_executor(self.executor, self._warm_up)
+        self._task = asyncio.create_task(self._serve())
+
+    def _warm_up(self) -> None:
+        with using_device(self.device):
+            self.engine.warm_up(self.spec.program)
+
+    async def call(
+        self, request: str, inputs: Sequence[Table], timeout: float
+    ) -> tuple[Table | FlowError | None, int]:
+        """Queue one request's inputs; its result (or error, or ``None`` when it was cancelled or
+        expired in the queue) and the size of the batch it ran in."""
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        item = _Call(request, dict(zip(self.slots, inputs, strict=True)), now + timeout, loop.create_future())
+        self.batcher.add(item, now)
+        self._wakeup.set()
+        return await item.future
+
+    def cancel(self, requests: set[str]) -> None:
+        """Drop queued calls of these requests."""
+        self._drop(lambda c: c.request in requests)
+
+    def _drop(self, predicate: Any) -> None:
+        for item in self.batcher.drop(predicate):
+            if not item.future.done():
+                item.future.set_result((None, 0))
+
+    async def _serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            self._wakeup.clear()
+            now = time.monotonic()
+            self._drop(lambda c: c.deadline <= now or c.future.done())
+            action = self.batcher.poll(now)
+            if isinstance(action, Run):
+                try:
+                    outcomes = await loop.run_in_executor(self.executor, self._run_batch, action.items)
+                finally:
+                    self.batcher.finished()
+                for item, outcome in zip(action.items, outcomes, strict=True):
+                    if not item.future.done():
+                        item.future.set_result((outcome, len(action.items)))
+            elif isinstance(action, WaitUntil):
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), max(0.0, action.deadline - now))
+                except TimeoutError:
+                    pass
+            else:
+                await self._wakeup.wait()
+
+    def _run_batch(self, items: list[_Call]) -> list[Table | FlowError]:
+        with using_device(self.device):
+            try:
+                return self.engine.run_many(self.spec.program, [c.bindings for c in items])
+            except Exception as exc:  # an engine failure, not a user error: fail the whole batch
+                error = FlowError(f"stage {self.spec.name!r} failed: {type(exc).__name__}: {exc}")
+                error.__cause__ = exc
+                return [error] * len(items)
+
+    def close(self) -> None:
+        """Stop serving; queued calls are cancelled, a running batch finishes in its thread."""
+        if self._task is not None:
+            self._task.cancel()
+        self._drop(lambda c: True)
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+class CloudflowWorker(WorkerPlugin):
+    """Worker plugin: the store's values, the stage replicas and their comm handlers."""
+
+    name = "cloudflow"
+    idempotent = True
+
+    def setup(self, worker: Worker) -> None:
+        self.worker = worker
+        self.values = WorkerValues()
+        self.values.install(worker)
+        self.view = WorkerStoreView(worker, self.values)
+        self.replicas: dict[str, Replica] = {}
+        self.results: dict[str, tuple[Table, float]] = {}
+        self._last_sweep = time.monotonic()
+        worker.handlers.update(
+            {
+                "cf_start": self.start,
+                "cf_stop": self.stop,
+                "cf_call": self.call,
+                "cf_fetch": self.fetch,
+                "cf_release": self.release,
+                "cf_cancel": self.cancel,
+            }
+        )
+
+    def teardown(self, worker: Worker) -> None:
+        for replica in self.replicas.values():
+            replica.close()
+        self.replicas.clear()
+        self.results.clear()
+
+    async def start(self, replica: str, spec: StageSpec) -> dict[str, Any]:
+        """Build and warm a replica; ``{"status": "ok", "device": ...}`` or the build error."""
+        device = gpu_device_name() if spec.gpu else "cpu"
+        rep = Replica(spec, device, self.view)
+        try:
+            await rep.start()
+        except FlowError as exc:
+            rep.close()
+            return {"status": "error", **pack_error(exc)}
+        self.replicas[replica] = rep
+        return {"status": "ok", "device": device}
+
+    def stop(self, replicas: list[str]) -> None:
+        """Drop replicas (unknown ids are ignored)."""
+        for rid in replicas:
+            rep = self.replicas.pop(rid, None)
+            if rep is not None:
+                rep.close()
+
+    async def call(
+        self, replica: str, request: str, inputs: list[Any], timeout: float, keep: bool, peek: list[str]
+    ) -> dict[str, Any]:
+        """Run a request through a replica.
+
+        ``inputs`` holds, per slot, ``["inline", table]`` or ``["ref", worker, key]``. With
+        ``keep``, an output over ``INLINE_LIMIT`` stays here and a reference goes back. ``peek``
+        names columns whose first-row values the router wants (for locality routing).
+        """
+        self._sweep()
+        rep = self.replicas.get(replica)
+        if rep is None:
+            return {"status": "no-replica"}
+        tables = await self._resolve(inputs)
+        if tables is None:
+            return {"status": "lost-input"}
+        outcome, batch = await rep.call(request, tables, timeout)
+        if outcome is None:
+            return {"status": "cancelled"}
+        if isinstance(outcome, FlowError):
+            return {"status": "error", "batch": batch, **pack_error(outcome)}
+        reply: dict[str, Any] = {"status": "ok", "batch": batch, "peek": _peek(outcome, peek)}
+        nbytes = table_nbytes(outcome)
+        if keep and nbytes > INLINE_LIMIT:
+            key = f"{request}/{uuid.uuid4().hex}"
+            self.results[key] = (outcome, time.monotonic())
+            reply["ref"] = [self.worker.address, key, nbytes]
+        else:
+            reply["table"] = to_serialize(outcome)
+        return reply
+
+    async def _resolve(self, inputs: list[Any]) -> list[Table] | None:
+        tables = []
+        for spec in inputs:
+            if spec[0] == "inline":
+                tables.append(spec[1])
+                continue
+            _, owner, key = spec
+            if owner == self.worker.address:
+                entry = self.results.get(key)
+                if entry is None:
+                    return None
+                tables.append(entry[0])
+                continue
+            try:
+                reply = await self.worker.rpc(owner).cf_fetch(key=key)
+            except OSError:
+                return None
+            if not reply["found"]:
+                return None
+            tables.append(reply["table"])
+        return tables
+
+    def fetch(self, key: str) -> dict[str, Any]:
+        """A kept output, for the next stage's worker."""
+        entry = self.results.get(key)
+        if entry is None:
+            return {"found": False}
+        return {"found": True, "table": to_serialize(entry[0])}
+
+    def release(self, keys: list[str]) -> None:
+        """Free kept outputs."""
+        for key in keys:
+            self.results.pop(key, None)
+
+    def cancel(self, replica: str, requests: list[str]) -> None:
+        """Drop a replica's queued calls for these requests."""
+        rep = self.replicas.get(replica)
+        if rep is not None:
+            rep.cancel(set(requests))
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        if now - self._last_sweep < 1.0:
+            return
+        self._last_sweep = now
+        for key in [k for k, (_, t) in self.results.items() if now - t > RESULT_TTL]:
+            del self.results[key]
+
+
+def _peek(table: Table, columns: list[str]) -> dict[str, Any]:
+    if not columns or len(table) == 0:
+        return {}
+    first = table[0]
+    out = {}
+    for col in columns:
+        try:
+            out[col] = store_key(first[col])
+        except (KeyError, FlowError):
+            continue
+    return out

@@ -1,0 +1,385 @@
+"""The router: runs each request's stage graph from the client, calling replicas directly.
+
+For one request it starts every stage as soon as its inputs are ready, sends each call straight to
+a replica's worker over Dask comms (the scheduler never sees a request), and meets the results:
+
+- a stage call goes to the least busy replica, or to the replica on the worker holding the store
+  key of a locality stage; a competitive stage races replicas on distinct workers;
+- a call lost with its worker is retried on another replica (waiting for a re-placed one when none
+  is left); a request whose kept intermediate output died with its worker starts again;
+- ``anyof`` stages run here and take the first input that arrives;
+- the whole request has one deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from distributed.protocol.serialize import to_serialize
+
+from cloudflow_nb.errors import FlowError, FlowTimeoutError
+from cloudflow_nb.physical import SOURCE, Plan, Stage
+from cloudflow_nb.plan import AnyOf, Node, StageInput
+from cloudflow_nb.runtime.local import LocalEngine
+from cloudflow_nb.runtime.racing import AllLost, Race, Win
+from cloudflow_nb.runtime.routing import ReplicaRef, choose_racers, choose_replica
+from cloudflow_nb.runtime.stats import Recorder
+from cloudflow_nb.runtime.wire import Ref, unpack_error
+from cloudflow_nb.table import Table
+from cloudflow_nb.traversal import rewrite, walk
+
+if TYPE_CHECKING:
+    from distributed.core import ConnectionPool
+
+    from cloudflow_nb.runtime.controller import Controller
+    from cloudflow_nb.runtime.store import Store
+
+__all__ = ["Output", "Router", "StageRuntime", "stage_runtimes"]
+
+MAX_ATTEMPTS = 3
+
+
+@dataclass
+class Output:
+    """A stage's output for one request: a table here, or a reference to one kept on a worker."""
+
+    table: Table | None = None
+    ref: Ref | None = None
+    peek: dict[str, Any] = field(default_factory=dict)
+
+    def first(self, column: str) -> Any:
+        """The first row's value of ``column``, when known here."""
+        if self.table is not None:
+            if column in self.table.schema and len(self.table):
+                return self.table[0][column]
+            return None
+        return self.peek.get(column)
+
+    def wire(self) -> list[Any]:
+        """How a replica receives it: ``["inline", table]`` or ``["ref", worker, key]``."""
+        if self.ref is not None:
+            return ["ref", self.ref.worker, self.ref.key]
+        return ["inline", to_serialize(self.table)]
+
+
+@dataclass
+class StageRuntime:
+    """A deployed stage: its live replicas, their load and its figures."""
+
+    stage: Stage
+    keep: bool = False
+    peek: list[str] = field(default_factory=list)
+    replicas: list[ReplicaRef] = field(default_factory=list)
+    devices: dict[ReplicaRef, str] = field(default_factory=dict)
+    inflight: dict[ReplicaRef, int] = field(default_factory=dict)
+    stats: Recorder = field(default_factory=Recorder)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    turn: int = 0
+
+    def add(self, replica: ReplicaRef, device: str) -> None:
+        """A new live replica."""
+        self.replicas.append(replica)
+        self.devices[replica] = device
+        self.changed.set()
+
+    def remove(self, replica: ReplicaRef) -> None:
+        """A replica is gone."""
+        if replica in self.devices:
+            self.replicas.remove(replica)
+            del self.devices[replica]
+            self.inflight.pop(replica, None)
+
+
+def stage_runtimes(plan: Plan) -> dict[str, StageRuntime]:
+    """A runtime record per stage; outputs read by a remote stage only may stay on their worker,
+    and a stage reports the first-row values its readers route by."""
+    readers: dict[str, list[Stage]] = {s.name: [] for s in plan.stages}
+    for stage in plan.stages:
+        for name in stage.inputs:
+            if name != SOURCE:
+                readers[name].append(stage)
+    out = {}
+    for stage in plan.stages:
+        keep = stage is not plan.output and not any(r.in_router for r in readers[stage.name])
+        peek = sorted({r.locality for r in readers[stage.name] if r.locality})
+        out[stage.name] = StageRuntime(stage, keep, peek)
+    return out
+
+
+class _Lost:
+    """A call that will never answer (its replica or worker is gone)."""
+
+
+LOST = _Lost()
+
+
+class _InputLost(Exception):
+    """An intermediate output kept on a worker died with it: the request must start again."""
+
+
+class Router:
+    """Serves requests of one deployed plan; all methods run on the deployment's loop."""
+
+    def __init__(
+        self, plan: Plan, stages: dict[str, StageRuntime], pool: ConnectionPool, store: Store, controller: Controller
+    ) -> None:
+        self.plan = plan
+        self.stages = stages
+        self.pool = pool
+        self.store = store
+        self.controller = controller
+        self.requests = Recorder()
+        self._engine = LocalEngine()
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # -- one request ----------------------------------------------------------------------------
+
+    async def predict(self, table: Table, timeout: float) -> Table:
+        """The plan's output for ``table``, or its ``FlowError``, within ``timeout`` seconds."""
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        deadline = start + timeout
+        pending: set[str] = set()
+        ok = False
+        try:
+            for _ in range(MAX_ATTEMPTS):
+                try:
+                    result = await asyncio.wait_for(self._attempt(table, deadline, pending), deadline - loop.time())
+                except _InputLost:
+                    self.requests.retries += 1
+                    continue
+                ok = True
+                return result
+            raise FlowError(
+                f"flow {self.plan.name!r}: request failed {MAX_ATTEMPTS} times because workers holding "
+                "its intermediate results died"
+            )
+        except TimeoutError:
+            waiting = ", ".join(repr(n) for n in sorted(pending)) or "none"
+            raise FlowTimeoutError(
+                f"flow {self.plan.name!r}: request did not finish within {timeout:g} s (stages still running: {waiting})"
+            ) from None
+        finally:
+            self.requests.record(loop.time() - start, ok)
+
+    async def _attempt(self, table: Table, deadline: float, pending: set[str]) -> Table:
+        rid = uuid.uuid4().hex
+        refs: list[Ref] = []
+        source = Output(table=table)
+        tasks: dict[str, asyncio.Task[Output]] = {}
+        for stage in self.plan.stages:
+            task = asyncio.ensure_future(self._stage(stage, rid, source, tasks, deadline, refs))
+            task.add_done_callback(_retrieve)
+            task.add_done_callback(lambda _, n=stage.name: pending.discard(n))
+            tasks[stage.name] = task
+        pending.clear()
+        pending.update(tasks)
+        try:
+            out = await tasks[self.plan.output.name]
+        finally:
+            for task in tasks.values():
+                task.cancel()
+            self._release(refs)
+        assert out.table is not None
+        return out.table
+
+    async def _stage(
+        self,
+        stage: Stage,
+        rid: str,
+        source: Output,
+        tasks: dict[str, asyncio.Task[Output]],
+        deadline: float,
+        refs: list[Ref],
+    ) -> Output:
+        if stage.in_router:
+            return await self._in_router(stage, source, tasks)
+        inputs = [source if name == SOURCE else await tasks[name] for name in stage.inputs]
+        out = await self._call(self.stages[stage.name], rid, inputs, deadline)
+        if out.ref is not None:
+            refs.append(out.ref)
+        return out
+
+    async def _in_router(self, stage: Stage, source: Output, tasks: dict[str, asyncio.Task[Output]]) -> Output:
+        """Bind the first input that arrives (skipping failed ones) and run the stage here."""
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        srt = self.stages[stage.name]
+        ready: dict[int, Table] = {}
+        if SOURCE in stage.inputs:
+            ready = {i: source.table for i, n in enumerate(stage.inputs) if n == SOURCE}  # type: ignore[misc]
+        else:
+            waiting = {tasks[n] for n in stage.inputs}
+            errors: list[BaseException] = []
+            while waiting and not ready:
+                done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    if task.exception() is not None:
+                        errors.append(task.exception())  # type: ignore[arg-type]
+                        continue
+                    for i, name in enumerate(stage.inputs):
+                        if tasks[name] is task:
+                            ready[i] = task.result().table  # type: ignore[assignment]
+            if not ready:
+                srt.stats.record(loop.time() - start, ok=False)
+                raise errors[0]
+        program = rewrite(stage.program, lambda node: _first_ready(node, set(ready)))
+        slots = {n.slot: n for n in walk(program) if isinstance(n, StageInput)}
+        table = self._engine.run(program, {slots[i]: t for i, t in ready.items() if i in slots})
+        srt.stats.record(loop.time() - start)
+        return Output(table=table)
+
+    # -- one stage call -------------------------------------------------------------------------
+
+    async def _call(self, srt: StageRuntime, rid: str, inputs: Sequence[Output], deadline: float) -> Output:
+        stage = srt.stage
+        prefer = await self._locality(stage, inputs) if stage.locality else None
+        lost: set[ReplicaRef] = set()
+        loop = asyncio.get_running_loop()
+        while True:
+            if stage.competitive:
+                chosen = choose_racers(srt.replicas, srt.inflight, stage.replicas, lost)
+            else:
+                one = choose_replica(srt.replicas, srt.inflight, srt.turn, prefer, lost)
+                srt.turn += 1
+                chosen = [] if one is None else [one]
+            if not chosen:
+                await self._await_replicas(srt, lost)
+                continue
+            start = loop.time()
+            if len(chosen) == 1:
+                result = await self._send(srt, chosen[0], rid, inputs, deadline)
+            else:
+                result = await self._race(srt, chosen, rid, inputs, deadline)
+            if result is LOST:
+                lost.update(chosen)
+                srt.stats.retries += 1
+                continue
+            outcome, batch = result
+            srt.stats.record(loop.time() - start, not isinstance(outcome, FlowError), batch)
+            if isinstance(outcome, FlowError):
+                raise outcome
+            return outcome
+
+    async def _await_replicas(self, srt: StageRuntime, lost: set[ReplicaRef]) -> None:
+        while not [r for r in srt.replicas if r not in lost]:
+            srt.changed.clear()
+            self.controller.poke()
+            await srt.changed.wait()
+        lost.intersection_update(srt.replicas)
+
+    async def _send(
+        self, srt: StageRuntime, replica: ReplicaRef, rid: str, inputs: Sequence[Output], deadline: float
+    ) -> tuple[Output | FlowError, int] | _Lost:
+        remaining = max(0.0, deadline - asyncio.get_running_loop().time())
+        srt.inflight[replica] = srt.inflight.get(replica, 0) + 1
+        try:
+            reply = await self.pool(replica.worker).cf_call(
+                replica=replica.id,
+                request=rid,
+                inputs=[i.wire() for i in inputs],
+                timeout=remaining,
+                keep=srt.keep,
+                peek=srt.peek,
+            )
+        except OSError:
+            self.controller.worker_lost(replica.worker)
+            return LOST
+        except Exception as exc:  # the call itself broke (e.g. a value that cannot be pickled)
+            error = FlowError(f"stage {srt.stage.name!r}: call to {replica.worker} failed: {type(exc).__name__}: {exc}")
+            error.__cause__ = exc
+            return error, 0
+        finally:
+            if replica in srt.inflight:
+                srt.inflight[replica] -= 1
+        status = reply["status"]
+        if status == "ok":
+            ref = Ref(*reply["ref"]) if "ref" in reply else None
+            return Output(reply.get("table"), ref, reply.get("peek") or {}), reply["batch"]
+        if status == "error":
+            return unpack_error(reply), reply["batch"]
+        if status == "lost-input":
+            raise _InputLost
+        if status == "no-replica":
+            self.controller.replica_lost(replica)
+        return LOST
+
+    async def _race(
+        self, srt: StageRuntime, racers: list[ReplicaRef], rid: str, inputs: Sequence[Output], deadline: float
+    ) -> tuple[Output | FlowError, int] | _Lost:
+        race = Race(list(racers))
+        calls = {asyncio.ensure_future(self._send(srt, r, rid, inputs, deadline)): r for r in racers}
+        waiting = set(calls)
+        try:
+            while waiting:
+                done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                for call in done:
+                    result = call.result()
+                    decision = race.lost(calls[call]) if result is LOST else race.answered(calls[call], result)
+                    if isinstance(decision, Win):
+                        for loser in decision.losers:
+                            self._spawn(self.pool(loser.worker).cf_cancel(replica=loser.id, requests=[rid]))
+                        for other in waiting:
+                            other.add_done_callback(self._discard)
+                        waiting = set()
+                        return result
+                    if isinstance(decision, AllLost):
+                        return LOST
+            return LOST
+        finally:
+            for call in waiting:
+                call.cancel()
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    async def _locality(self, stage: Stage, inputs: Sequence[Output]) -> str | None:
+        assert stage.locality is not None
+        for out in inputs:
+            key = out.first(stage.locality)
+            if key is not None:
+                try:
+                    return await self.store.locate(key)
+                except OSError:
+                    return None
+        return None
+
+    def _discard(self, call: asyncio.Future[Any]) -> None:
+        """A race loser finished after all: free whatever output it kept."""
+        if call.cancelled() or call.exception() is not None:
+            return
+        result = call.result()
+        if result is not LOST and isinstance(result[0], Output) and result[0].ref is not None:
+            self._release([result[0].ref])
+
+    def _release(self, refs: list[Ref]) -> None:
+        by_worker: dict[str, list[str]] = {}
+        for ref in refs:
+            by_worker.setdefault(ref.worker, []).append(ref.key)
+        for worker, keys in by_worker.items():
+            self._spawn(self.pool(worker).cf_release(keys=keys))
+
+    def _spawn(self, coro: Any) -> None:
+        """Fire and forget (errors ignored: the worker may be gone)."""
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        task.add_done_callback(_retrieve)
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+def _first_ready(node: Node, ready: set[int]) -> Node | None:
+    """Put the first input of an ``anyof`` whose slots are all bound first (the one it takes)."""
+    if not isinstance(node, AnyOf):
+        return None
+    for i, child in enumerate(node.inputs):
+        if all(n.slot in ready for n in walk(child) if isinstance(n, StageInput)):
+            return None if i == 0 else AnyOf((child, *node.inputs[:i], *node.inputs[i + 1 :]))
+    return None

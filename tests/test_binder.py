@@ -1,0 +1,84 @@
+"""binder/ (repo2docker configuration) stays consistent with the package."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BINDER = ROOT / "binder"
+
+
+def requirement_lines() -> list[str]:
+    lines = (BINDER / "requirements.txt").read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+
+
+def normalize(requirement: str) -> str:
+    requirement = requirement.replace(" ", "")
+    name = re.match(r"[A-Za-z0-9._-]+", requirement).group(0)
+    return re.sub(r"[-_.]+", "-", name).lower() + requirement[len(name) :]
+
+
+def test_runtime_is_python_311():
+    text = (BINDER / "runtime.txt").read_text()
+    assert re.fullmatch(r"python-3\.\d+\n?", text), "repo2docker wants e.g. 'python-3.11' (with the dash)"
+    assert text.strip() == "python-3.11"
+
+
+def test_apt_installs_graphviz():
+    packages = [line.strip() for line in (BINDER / "apt.txt").read_text().splitlines() if line.strip()]
+    assert "graphviz" in packages
+
+
+def test_requirements_install_the_package_last():
+    assert requirement_lines()[-1] == "."
+
+
+def test_requirements_mirror_pyproject_dependencies():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pinned = {normalize(line) for line in requirement_lines() if not line.startswith(("-", "."))}
+    missing = [dep for dep in project["dependencies"] if normalize(dep) not in pinned]
+    assert not missing, f"binder/requirements.txt lacks {missing} (copy pyproject's pins)"
+
+
+def test_torch_comes_from_the_cpu_index():
+    lines = requirement_lines()
+    index = next(i for i, line in enumerate(lines) if line.startswith("--extra-index-url"))
+    assert lines[index].split()[-1] == "https://download.pytorch.org/whl/cpu"
+    torch = next(i for i, line in enumerate(lines) if normalize(line).startswith("torch"))
+    assert index < torch
+
+
+def test_only_binder_config_no_conflicting_files():
+    # repo2docker refuses both binder/ and .binder/; environment.yml would shadow requirements.txt
+    assert not (ROOT / ".binder").exists()
+    assert not (BINDER / "environment.yml").exists()
+    assert not (BINDER / "Dockerfile").exists()
+
+
+def test_postbuild_is_an_executable_script():
+    post = BINDER / "postBuild"
+    assert os.access(post, os.X_OK), "binder/postBuild must be executable (chmod +x)"
+    assert post.read_text().startswith("#!")
+
+
+@pytest.mark.slow
+def test_postbuild_autoloads_the_extension(tmp_path):
+    from IPython.core.shellapp import InteractiveShellApp
+    from traitlets.config.loader import PyFileConfigLoader
+
+    env = {**os.environ, "IPYTHONDIR": str(tmp_path), "PYTHON": sys.executable}
+    for _ in range(2):  # idempotent: running it again adds nothing
+        subprocess.run([str(BINDER / "postBuild")], check=True, env=env, cwd=ROOT, timeout=120)
+    config_file = tmp_path / "profile_default" / "ipython_kernel_config.py"
+    assert config_file.read_text().count("cloudflow_nb") == 1
+    config = PyFileConfigLoader(config_file.name, str(config_file.parent)).load_config()
+    app = InteractiveShellApp(config=config)
+    assert app.extensions == ["cloudflow_nb"]

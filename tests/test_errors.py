@@ -212,9 +212,24 @@ def test_batch_exception_becomes_operator_error(run):
     assert isinstance(info.value.__cause__, ValueError)
 
 
-def test_class_constructor_failure_becomes_operator_error(run):
-    with pytest.raises(cf.OperatorError, match="BrokenModel") as info:
+def _causes(exc: BaseException) -> list[BaseException]:
+    chain = []
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+        chain.append(exc)
+    return chain
+
+
+def test_class_constructor_failure_is_a_flow_error_with_the_cause(run):
+    # a cluster builds replicas when it deploys, so there it may surface as a DeploymentError
+    with pytest.raises(cf.FlowError, match="BrokenModel") as info:
         run(X.map(BrokenModel, names="y"), {"x": 1, "s": "a"})
+    assert any(isinstance(c, OSError) for c in _causes(info.value))
+
+
+def test_class_constructor_failure_in_a_local_run_is_an_operator_error():
+    with pytest.raises(cf.OperatorError, match=r"map 'BrokenModel': building BrokenModel\(\) failed") as info:
+        X.map(BrokenModel, names="y").run({"x": 1, "s": "a"})
     assert isinstance(info.value.__cause__, OSError)
 
 

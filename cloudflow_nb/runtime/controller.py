@@ -17,7 +17,7 @@ from distributed.protocol.serialize import to_serialize
 from cloudflow_nb.errors import DeploymentError, FlowError
 from cloudflow_nb.runtime.replica import StageSpec
 from cloudflow_nb.runtime.routing import ReplicaRef, WorkerInfo, new_placements
-from cloudflow_nb.runtime.wire import unpack_error
+from cloudflow_nb.runtime.wire import labelled, unpack_error
 
 if TYPE_CHECKING:
     from distributed.core import ConnectionPool
@@ -57,7 +57,11 @@ class Controller:
         self._stops: set[asyncio.Task[Any]] = set()
 
     async def deploy(self) -> None:
-        """Place every stage (raise ``DeploymentError`` when one cannot be), then keep watching."""
+        """Place every stage, then keep watching.
+
+        Raises ``DeploymentError`` when a stage cannot be placed, and the ``OperatorError`` of a
+        class-based operator that fails to build.
+        """
         try:
             await self.reconcile(strict=True)
         except BaseException:
@@ -97,17 +101,16 @@ class Controller:
     async def _start(self, srt: StageRuntime, worker: str) -> None:
         stage = srt.stage
         replica = ReplicaRef(stage.name, f"{self.name}/{stage.name}/{next(self._ids)}", worker)
-        spec = StageSpec(stage.name, stage.program, stage.batching, stage.gpu)
+        spec = StageSpec(stage.name, labelled(stage.program), stage.batching, stage.gpu)
         try:
             reply = await asyncio.wait_for(
                 self.pool(worker).cf_start(replica=replica.id, spec=to_serialize(spec)), START_TIMEOUT
             )
         except (OSError, TimeoutError) as exc:
             raise DeploymentError(f"stage {stage.name!r}: could not start a replica on {worker}: {exc}") from exc
-        if reply["status"] != "ok":
-            cause = unpack_error(reply)
-            self.last_error = cause
-            raise DeploymentError(f"stage {stage.name!r}: starting a replica on {worker} failed: {cause}") from cause
+        if reply["status"] != "ok":  # a class-based operator failed to build: its OperatorError
+            self.last_error = unpack_error(reply)
+            raise self.last_error
         srt.add(replica, reply["device"])
 
     def poke(self) -> None:

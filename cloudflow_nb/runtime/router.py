@@ -167,6 +167,8 @@ class Router:
             self.requests.record(loop.time() - start, ok)
 
     async def _attempt(self, table: Table, deadline: float, pending: set[str]) -> Table:
+        if not self.plan.stages:  # a source-only flow returns its request
+            return table
         rid = uuid.uuid4().hex
         refs: list[Ref] = []
         source = Output(table=table)

@@ -18,9 +18,11 @@ import cloudpickle
 import numpy as np
 
 from cloudflow_nb.errors import FlowError
+from cloudflow_nb.plan import Filter, Map, Node
 from cloudflow_nb.table import Table
+from cloudflow_nb.traversal import rewrite
 
-__all__ = ["INLINE_LIMIT", "Ref", "pack_error", "table_nbytes", "unpack_error"]
+__all__ = ["INLINE_LIMIT", "Ref", "labelled", "pack_error", "table_nbytes", "unpack_error"]
 
 # 256 KiB: below this, an extra worker -> router -> worker copy costs less than the extra
 # round trip (~0.3 ms) a worker-to-worker fetch needs on one host.
@@ -50,6 +52,23 @@ def table_nbytes(table: Table) -> int:
             else:
                 total += _OTHER_VALUE_BYTES
     return total
+
+
+def labelled(program: Node) -> Node:
+    """``program`` with every map and filter named by its label, before it is pickled.
+
+    cloudpickle blanks the source file of functions it ships by value, which would turn
+    ``<lambda at cell:3>`` into ``<lambda at <dynamic-code>:3>`` in a worker's error messages.
+    """
+
+    def name(node: Node) -> Node | None:
+        if isinstance(node, Map) and node.name is None:
+            return Map(node.child, node.fn, node.names, node.batching, node.gpu, node.high_variance, node.label)
+        if isinstance(node, Filter) and node.name is None:
+            return Filter(node.child, node.pred, node.label)
+        return None
+
+    return rewrite(program, name)
 
 
 def pack_error(exc: BaseException) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, needs_local_scope
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import display
@@ -47,6 +48,13 @@ def unregister(ipython: Any) -> None:
 class FlowMagics(Magics):
     """Magics that show and explain cloudflow_nb flows."""
 
+    @property
+    def _ip(self) -> InteractiveShell:
+        shell = self.shell
+        if shell is None:  # only before registration
+            raise UsageError("cloudflow_nb magics are not registered with a shell")
+        return shell
+
     @magic_arguments()
     @argument("var", nargs="?", default=None, help="the variable holding the flow to show")
     @argument("-o", "--optimized", action="store_true", help="show the optimized plan instead of the logical one")
@@ -60,16 +68,14 @@ class FlowMagics(Magics):
             _check_name("%%flow", args.var)
         assigned, last_value = self._run_cell_body(cell)
         if args.var is not None:
-            target = _resolve("%%flow", args.var, None, self.shell.user_ns)
+            target = _resolve("%%flow", args.var, None, self._ip.user_ns)
             _require_flow("%%flow", args.var, target)
         else:
-            target = _last_flow(assigned, last_value, self.shell.user_ns)
+            target = _last_flow(assigned, last_value, self._ip.user_ns)
             if target is None:
                 if last_value is not None:
                     display(last_value)
-                raise UsageError(
-                    "%%flow: the cell built no cf.Flow (assign one to a variable, or name it: %%flow VAR)"
-                )
+                raise UsageError("%%flow: the cell built no cf.Flow (assign one to a variable, or name it: %%flow VAR)")
         _show(target, optimized=args.optimized, text=args.text, rankdir=args.rankdir)
 
     @magic_arguments()
@@ -80,7 +86,7 @@ class FlowMagics(Magics):
     def explain(self, line: str, local_ns: dict[str, Any] | None = None) -> None:
         """Print the optimized (or, with ``--logical``, the logical) plan of a flow."""
         args = parse_argstring(self.explain, line)
-        target = _resolve("%explain", args.var, local_ns, self.shell.user_ns)
+        target = _resolve("%explain", args.var, local_ns, self._ip.user_ns)
         print(_explain(_plannable("%explain", args.var, target), optimized=not args.logical))
 
     @magic_arguments()
@@ -93,7 +99,7 @@ class FlowMagics(Magics):
     def graph(self, line: str, local_ns: dict[str, Any] | None = None) -> None:
         """Draw the optimized (or, with ``--logical``, the logical) plan of a flow."""
         args = parse_argstring(self.graph, line)
-        target = _plannable("%graph", args.var, _resolve("%graph", args.var, local_ns, self.shell.user_ns))
+        target = _plannable("%graph", args.var, _resolve("%graph", args.var, local_ns, self._ip.user_ns))
         if args.source:
             print(_graph(target, optimized=not args.logical, rankdir=args.rankdir).source, end="")
             return
@@ -106,7 +112,7 @@ class FlowMagics(Magics):
 
         Exceptions propagate, so a failing cell fails like any other cell.
         """
-        shell = self.shell
+        shell = self._ip
         code = shell.transform_cell(cell)
         tree = ast.parse(code)
         # register the source so tracebacks and lambda labels point at the cell
@@ -114,10 +120,10 @@ class FlowMagics(Magics):
         last_expr = None
         if tree.body and isinstance(tree.body[-1], ast.Expr):
             last_expr = ast.Expression(tree.body.pop().value)
-        exec(compile(tree, filename, "exec"), shell.user_global_ns, shell.user_ns)  # noqa: S102
+        exec(compile(tree, filename, "exec"), shell.user_global_ns, shell.user_ns)
         value = None
         if last_expr is not None:
-            value = eval(compile(last_expr, filename, "eval"), shell.user_global_ns, shell.user_ns)  # noqa: S307
+            value = eval(compile(last_expr, filename, "eval"), shell.user_global_ns, shell.user_ns)
         return _assigned_names(ast.parse(code)), value
 
 

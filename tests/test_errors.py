@@ -92,9 +92,7 @@ BUILD_ERRORS = {
         ["union", "input 2", "column 'y' is missing from input 2"],
     ),
     "union column order": (
-        lambda: X.map(double, names="y").map(double, names="z").union(
-            X.map(double, names="z").map(double, names="y")
-        ),
+        lambda: X.map(double, names="y").map(double, names="z").union(X.map(double, names="z").map(double, names="y")),
         ["union", "input 1", "different order"],
     ),
     "map qid": (lambda: X.map(double, names=["qid"]), ["map 'double'", "'qid'", "reserved"]),

@@ -130,13 +130,13 @@ def test_flow_cell_lambda_labels_point_at_the_cell(ip):
 
 
 def test_flow_cell_without_a_flow_is_a_usage_error(ip):
-    with pytest.raises(UsageError, match="no cf.Flow"):
+    with pytest.raises(UsageError, match=r"no cf\.Flow"):
         ip.run_cell_magic("flow", "", "x = 1\n")
     assert ip.user_ns["x"] == 1  # the cell still ran
 
 
 def test_flow_cell_named_variable_that_is_not_a_flow(ip):
-    with pytest.raises(UsageError, match="'x' is a int, not a cf.Flow"):
+    with pytest.raises(UsageError, match=r"'x' is a int, not a cf\.Flow"):
         ip.run_cell_magic("flow", "x", "x = 1\n")
 
 

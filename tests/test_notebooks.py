@@ -26,7 +26,9 @@ def test_notebook_is_committed_without_outputs(path):
         for i, cell in enumerate(nb.cells)
         if cell.cell_type == "code" and (cell.outputs or cell.execution_count is not None)
     ]
-    assert not dirty, f"{path.name}: cells {dirty} have outputs; clear them (jupyter nbconvert --clear-output --inplace)"
+    assert not dirty, (
+        f"{path.name}: cells {dirty} have outputs; clear them (jupyter nbconvert --clear-output --inplace)"
+    )
     assert "widgets" not in nb.metadata, f"{path.name} carries saved widget state"
 
 
@@ -39,9 +41,7 @@ def test_notebook_runs_end_to_end(path, tmp_path, monkeypatch):
     # a private IPython profile: no user start-up files or auto-loaded extensions, no history writes
     monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
     nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(
-        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK_DIR)}}
-    )
+    client = NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK_DIR)}})
     client.execute()  # raises CellExecutionError on the first failing cell
     errors = [
         output

@@ -323,9 +323,7 @@ def test_groupby_on_empty_input_has_no_groups(run):
     assert out.columns == ("qid", "k", "count")
 
 
-@pytest.mark.parametrize(
-    ("fn", "value"), [("count", 0), ("sum", 0), ("min", None), ("max", None), ("mean", None)]
-)
+@pytest.mark.parametrize(("fn", "value"), [("count", 0), ("sum", 0), ("min", None), ("max", None), ("mean", None)])
 def test_agg_on_empty_input_is_one_row(run, fn, value):
     out = run(G.filter(lambda row: False).agg(fn, "v"), GREQ)
     assert len(out) == 1

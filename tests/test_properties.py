@@ -11,9 +11,7 @@ from hypothesis import strategies as st
 import cloudflow_nb as cf
 
 # `run` is function-scoped but stateless, so sharing it across examples is safe
-SETTINGS = settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 COLUMNS = ("x", "y", "z")
 
@@ -98,10 +96,7 @@ def build(steps) -> cf.Flow:
 def reference(steps, xs: list[int]) -> list[dict]:
     records = [{"qid": i, "x": x} for i, x in enumerate(xs)]
     for kind, step, _ in steps:
-        if kind == "map":
-            records = [step.apply(r) for r in records]
-        else:
-            records = [r for r in records if step.keeps(r)]
+        records = [step.apply(r) for r in records] if kind == "map" else [r for r in records if step.keeps(r)]
     return records
 
 
@@ -122,9 +117,7 @@ def test_explain_is_deterministic(steps, xs):
     assert build(steps).explain(optimized=False) == build(steps).explain(optimized=False)
 
 
-filter_chains = st.lists(
-    st.builds(Threshold, st.just("x"), st.integers(2, 4), st.integers(0, 3)), max_size=3
-)
+filter_chains = st.lists(st.builds(Threshold, st.just("x"), st.integers(2, 4), st.integers(0, 3)), max_size=3)
 
 
 @SETTINGS
@@ -139,10 +132,7 @@ def test_union_concatenates_branches_in_argument_order(run, branches, xs):
         flows.append(branch)
     out = run(flows[0].union(*flows[1:]), [{"x": x} for x in xs])
     expected = [
-        {"qid": i, "x": x}
-        for filters in branches
-        for i, x in enumerate(xs)
-        if all(f.keeps({"x": x}) for f in filters)
+        {"qid": i, "x": x} for filters in branches for i, x in enumerate(xs) if all(f.keeps({"x": x}) for f in filters)
     ]
     assert out.to_records() == expected
 

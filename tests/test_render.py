@@ -101,7 +101,9 @@ def cascade() -> cf.Flow:
 
 def ensemble() -> cf.Flow:
     flow = cf.Flow("ensemble", x=float)
-    models = [flow.map(fn, names={"score": float}, name=f"model {i}") for i, fn in enumerate((model_a, model_b, model_c))]
+    models = [
+        flow.map(fn, names={"score": float}, name=f"model {i}") for i, fn in enumerate((model_a, model_b, model_c))
+    ]
     return models[0].union(*models[1:]).groupby("qid").agg("max", "score")
 
 
@@ -166,7 +168,7 @@ def test_callable_labels():
 
 
 def test_lambda_from_a_notebook_cell_is_labelled_cell():
-    fn = eval(compile("lambda row: 1", "/tmp/ipykernel_4242/3141592.py", "eval"))  # noqa: S307
+    fn = eval(compile("lambda row: 1", "/tmp/ipykernel_4242/3141592.py", "eval"))
     assert callable_label(fn) == "<lambda at cell:1>"
 
 
@@ -202,7 +204,7 @@ def test_lambda_label_renders_with_dot():
 @pytest.mark.exe
 def test_awkward_names_are_escaped_for_graphviz():
     awkward = ['quote " inside', "back\\slash", "<b>html</b>", "{record|like}", "new\nline"]
-    flow = cf.Flow("<weird \"flow\">", x=int)
+    flow = cf.Flow('<weird "flow">', x=int)
     for i, name in enumerate(awkward):
         flow = flow.map(preprocess, names={f"c{i}": object}, name=name)
     svg = flow.show_graph(optimized=False).pipe(format="svg", encoding="utf-8")

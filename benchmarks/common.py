@@ -1,0 +1,108 @@
+"""Shared helpers for the benchmarks: arguments, timing loops, percentiles and markdown tables."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "closed_loop",
+    "machine",
+    "markdown_table",
+    "parse_args",
+    "percentile",
+    "sequential",
+    "summary",
+]
+
+
+def parse_args(description: str) -> argparse.Namespace:
+    """``--quick``: fewer sizes and requests, for a smoke run in about a minute."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="fewer configurations and requests")
+    return parser.parse_args()
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile of ``values`` (linear interpolation)."""
+    return float(np.percentile(np.asarray(values, dtype=float), q))
+
+
+def summary(latencies_ms: Sequence[float]) -> dict[str, float]:
+    """Median, p99 and mean of latencies in milliseconds."""
+    return {
+        "median": percentile(latencies_ms, 50),
+        "p99": percentile(latencies_ms, 99),
+        "mean": float(np.mean(latencies_ms)),
+    }
+
+
+def sequential(call: Callable[[int], Any], count: int, warmup: int = 3, pause: float = 0.0) -> list[float]:
+    """Latencies (ms) of ``count`` calls ``call(i)`` made one after another, after ``warmup`` calls."""
+    for i in range(warmup):
+        call(i)
+    out = []
+    for i in range(count):
+        start = time.perf_counter()
+        call(i)
+        out.append((time.perf_counter() - start) * 1000)
+        if pause:
+            time.sleep(pause)
+    return out
+
+
+def closed_loop(predict: Callable[[Any], Any], request: Any, clients: int, seconds: float) -> dict[str, float]:
+    """``clients`` concurrent clients, each sending its next request when the last one returns.
+
+    ``predict`` is an async function (``dep.apredict``). Returns throughput (requests/s) and the
+    median and p99 latency (ms) of the requests that finished within ``seconds``.
+    """
+
+    async def client(stop: float, latencies: list[float]) -> None:
+        while time.perf_counter() < stop:
+            start = time.perf_counter()
+            await predict(request)
+            latencies.append((time.perf_counter() - start) * 1000)
+
+    async def main() -> dict[str, float]:
+        latencies: list[float] = []
+        begin = time.perf_counter()
+        await asyncio.gather(*(client(begin + seconds, latencies) for _ in range(clients)))
+        elapsed = time.perf_counter() - begin
+        return {"throughput": len(latencies) / elapsed, **summary(latencies)}
+
+    return asyncio.run(main())
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub markdown table; floats get two decimals."""
+
+    def cell(v: Any) -> str:
+        return f"{v:.2f}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    """One line describing where the benchmark ran."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    try:
+        pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        memory = f", {pages / 2**30:.0f} GiB RAM"
+    except (ValueError, OSError):
+        memory = ""
+    return f"{cpu}, {os.cpu_count()} cores{memory}, Python {platform.python_version()}, {platform.system()}"

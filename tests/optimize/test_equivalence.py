@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -119,3 +120,16 @@ def test_every_plan_renders(flow: cf.Flow, opts: cf.Optimize) -> None:
     assert str(view).startswith("compare flow 'random'")
     ops = [op for stage in plan.stages for op in stage.operators]
     assert len(ops) == len({id(op) for op in ops}), "an operator is in two stages"
+
+
+@pytest.mark.cluster
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(flow=random_flows(), opts=options, request=requests)
+def test_deployed_optimized_plan_gives_the_same_result(
+    serving_cluster: Any, flow: cf.Flow, opts: cf.Optimize, request: list[dict]
+) -> None:
+    expected = _outcome(lambda: flow.run(request, store=STORE))
+    serving_cluster.store.update(STORE)
+    with serving_cluster.deploy(flow, optimize=opts) as deployment:
+        actual = _outcome(lambda: deployment.predict(request, timeout=60))
+    assert actual == expected, flow.optimize(opts).explain()

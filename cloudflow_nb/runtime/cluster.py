@@ -179,7 +179,7 @@ class LocalCluster(Cluster):
             specs[name] = {"cls": Nanny if processes else Worker, "options": options}
         scheduler = {
             "cls": Scheduler,
-            "options": {"host": "127.0.0.1", "port": 0, "dashboard_address": ":0" if dashboard else None},
+            "options": {"host": "127.0.0.1", "port": 0, "dashboard": dashboard, "dashboard_address": ":0"},
         }
         # The nannies' default pre-spawn environment trims malloc aggressively (slow for models)
         # and writes its variables into this process too; thread counts go per worker instead.

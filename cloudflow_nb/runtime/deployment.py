@@ -7,7 +7,7 @@ import concurrent.futures
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from cloudflow_nb.errors import DeploymentError, FlowTimeoutError
+from cloudflow_nb.errors import DeploymentError, FlowError, FlowTimeoutError
 from cloudflow_nb.runtime.controller import Controller
 from cloudflow_nb.runtime.router import Router, stage_runtimes
 from cloudflow_nb.table import Table
@@ -75,7 +75,9 @@ class Deployment:
         future = self.submit(request, limit)
         try:
             return future.result(limit + GRACE)
-        except concurrent.futures.TimeoutError:
+        except FlowError:
+            raise
+        except concurrent.futures.TimeoutError:  # the router itself did not answer in time
             future.cancel()
             raise FlowTimeoutError(f"flow {self.plan.name!r}: no answer within {limit:g} s") from None
 
@@ -96,7 +98,9 @@ class Deployment:
             stage = srt.stage
             stages[name] = {
                 **srt.stats.summary(),
-                "replicas": [{"worker": r.worker, "device": srt.devices[r]} for r in srt.replicas],
+                "replicas": [
+                    {"worker": r.worker, "device": srt.devices[r], "calls": srt.answered[r]} for r in srt.replicas
+                ],
                 "gpu": stage.gpu,
                 "competitive": stage.competitive,
                 "batching": stage.batching.max_batch_size if stage.batching else None,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -76,6 +77,7 @@ class StageRuntime:
     replicas: list[ReplicaRef] = field(default_factory=list)
     devices: dict[ReplicaRef, str] = field(default_factory=dict)
     inflight: dict[ReplicaRef, int] = field(default_factory=dict)
+    answered: Counter[ReplicaRef] = field(default_factory=Counter)
     stats: Recorder = field(default_factory=Recorder)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     turn: int = 0
@@ -158,6 +160,8 @@ class Router:
                 f"flow {self.plan.name!r}: request failed {MAX_ATTEMPTS} times because workers holding "
                 "its intermediate results died"
             )
+        except FlowError:
+            raise
         except TimeoutError:
             waiting = ", ".join(repr(n) for n in sorted(pending)) or "none"
             raise FlowTimeoutError(
@@ -176,7 +180,7 @@ class Router:
         for stage in self.plan.stages:
             task = asyncio.ensure_future(self._stage(stage, rid, source, tasks, deadline, refs))
             task.add_done_callback(_retrieve)
-            task.add_done_callback(lambda _, n=stage.name: pending.discard(n))
+            task.add_done_callback(lambda t, n=stage.name: t.cancelled() or pending.discard(n))
             tasks[stage.name] = task
         pending.clear()
         pending.update(tasks)
@@ -299,6 +303,8 @@ class Router:
             if replica in srt.inflight:
                 srt.inflight[replica] -= 1
         status = reply["status"]
+        if status in ("ok", "error"):
+            srt.answered[replica] += 1
         if status == "ok":
             ref = Ref(*reply["ref"]) if "ref" in reply else None
             return Output(reply.get("table"), ref, reply.get("peek") or {}), reply["batch"]

@@ -33,7 +33,7 @@ class Recorder:
         self.errors = 0
         self.retries = 0
         self.latencies: deque[float] = deque(maxlen=WINDOW)
-        self.batches: Counter[int] = Counter()
+        self.batched_calls: Counter[int] = Counter()
 
     def record(self, seconds: float, ok: bool = True, batch: int | None = None) -> None:
         """One finished call: its latency, whether it succeeded and the batch it ran in."""
@@ -41,10 +41,10 @@ class Recorder:
         self.errors += not ok
         self.latencies.append(seconds)
         if batch:
-            self.batches[batch] += 1
+            self.batched_calls[batch] += 1
 
     def summary(self) -> dict[str, Any]:
-        """Plain figures: count, errors, retries, p50/p99 in ms, and batch sizes."""
+        """Plain figures: count, errors, retries, p50/p99 in ms, and batches (size -> how many)."""
         lat = list(self.latencies)
         out: dict[str, Any] = {
             "count": self.count,
@@ -53,11 +53,11 @@ class Recorder:
             "p50_ms": _ms(percentile(lat, 50)),
             "p99_ms": _ms(percentile(lat, 99)),
         }
-        if self.batches:
-            total = sum(self.batches.values())
-            out["batches"] = dict(sorted(self.batches.items()))
-            out["mean_batch"] = sum(size * n for size, n in self.batches.items()) / total
-            out["max_batch"] = max(self.batches)
+        if self.batched_calls:  # every call of a batch of n reports n: n calls make one batch
+            batches = {size: -(-calls // size) for size, calls in sorted(self.batched_calls.items())}
+            out["batches"] = batches
+            out["mean_batch"] = round(sum(self.batched_calls.values()) / sum(batches.values()), 2)
+            out["max_batch"] = max(batches)
         return out
 
 

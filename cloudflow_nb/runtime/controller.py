@@ -106,7 +106,7 @@ class Controller:
             reply = await asyncio.wait_for(
                 self.pool(worker).cf_start(replica=replica.id, spec=to_serialize(spec)), START_TIMEOUT
             )
-        except (OSError, TimeoutError) as exc:
+        except (OSError, asyncio.TimeoutError) as exc:
             raise DeploymentError(f"stage {stage.name!r}: could not start a replica on {worker}: {exc}") from exc
         if reply["status"] != "ok":  # a class-based operator failed to build: its OperatorError
             self.last_error = unpack_error(reply)
@@ -141,12 +141,12 @@ class Controller:
         while True:
             try:
                 await asyncio.wait_for(self._wake.wait(), WATCH_INTERVAL)
-            except TimeoutError:
+            except asyncio.TimeoutError:
                 pass
             self._wake.clear()
             try:
                 await self.reconcile()
-            except (OSError, FlowError, TimeoutError) as exc:  # try again on the next round
+            except (OSError, FlowError, asyncio.TimeoutError) as exc:  # try again on the next round
                 self.last_error = exc
 
     async def close(self) -> None:

@@ -33,7 +33,7 @@ from cloudflow_nb.runtime.batcher import Batcher, Run, WaitUntil
 from cloudflow_nb.runtime.device import gpu_device_name, using_device
 from cloudflow_nb.runtime.local import LocalEngine
 from cloudflow_nb.runtime.store import WorkerStoreView, WorkerValues, store_key
-from cloudflow_nb.runtime.wire import INLINE_LIMIT, pack_error, table_nbytes
+from cloudflow_nb.runtime.wire import INLINE_LIMIT, decode_table, encode_table, pack_error, table_nbytes
 from cloudflow_nb.table import Table
 from cloudflow_nb.traversal import walk
 
@@ -70,7 +70,11 @@ class _Call:
 
 
 class Replica:
-    """One warm replica of a stage on this worker: an engine, a thread and a batching queue."""
+    """One warm replica of a stage on this worker: an engine, a thread and a batching queue.
+
+    Event-driven: an arrival, a batch finishing or the batching timer polls the
+    :class:`~cloudflow_nb.runtime.batcher.Batcher` and does what it says.
+    """
 
     def __init__(self, spec: StageSpec, device: str, store: WorkerStoreView) -> None:
         self.spec = spec
@@ -80,13 +84,12 @@ class Replica:
         self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"cf-{spec.name}")
         b = spec.batching
         self.batcher = Batcher(b.max_batch_size, b.max_batch_wait_ms / 1000) if b else Batcher()
-        self._wakeup = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._closed = False
 
     async def start(self) -> None:
-        """Build the stage's class-based operators in the replica's thread, then serve."""
+        """Build the stage's class-based operators in the replica's own thread."""
         await asyncio.get_running_loop().run_in_executor(self.executor, self._warm_up)
-        self._task = asyncio.create_task(self._serve())
 
     def _warm_up(self) -> None:
         with using_device(self.device):
@@ -98,10 +101,10 @@ class Replica:
         """Queue one request's inputs; its result (or error, or ``None`` when it was cancelled or
         expired in the queue) and the size of the batch it ran in."""
         loop = asyncio.get_running_loop()
-        now = time.monotonic()
+        now = loop.time()
         item = _Call(request, dict(zip(self.slots, inputs, strict=True)), now + timeout, loop.create_future())
         self.batcher.add(item, now)
-        self._wakeup.set()
+        self._pump()
         return await item.future
 
     def cancel(self, requests: set[str]) -> None:
@@ -113,28 +116,28 @@ class Replica:
             if not item.future.done():
                 item.future.set_result((None, 0))
 
-    async def _serve(self) -> None:
+    def _pump(self) -> None:
+        if self._closed:
+            return
         loop = asyncio.get_running_loop()
-        while True:
-            self._wakeup.clear()
-            now = time.monotonic()
-            self._drop(lambda c: c.deadline <= now or c.future.done())
-            action = self.batcher.poll(now)
-            if isinstance(action, Run):
-                try:
-                    outcomes = await loop.run_in_executor(self.executor, self._run_batch, action.items)
-                finally:
-                    self.batcher.finished()
-                for item, outcome in zip(action.items, outcomes, strict=True):
-                    if not item.future.done():
-                        item.future.set_result((outcome, len(action.items)))
-            elif isinstance(action, WaitUntil):
-                try:
-                    await asyncio.wait_for(self._wakeup.wait(), max(0.0, action.deadline - now))
-                except TimeoutError:
-                    pass
-            else:
-                await self._wakeup.wait()
+        now = loop.time()
+        self._drop(lambda c: c.deadline <= now or c.future.done())
+        action = self.batcher.poll(now)
+        if isinstance(action, Run):
+            job = loop.run_in_executor(self.executor, self._run_batch, action.items)
+            job.add_done_callback(lambda j: self._finished(action.items, j))
+        elif isinstance(action, WaitUntil):
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = loop.call_at(action.deadline, self._pump)
+
+    def _finished(self, items: list[_Call], job: asyncio.Future[list[Table | FlowError]]) -> None:
+        self.batcher.finished()
+        outcomes: list[Any] = [None] * len(items) if job.cancelled() else job.result()
+        for item, outcome in zip(items, outcomes, strict=True):
+            if not item.future.done():
+                item.future.set_result((outcome, len(items)))
+        self._pump()
 
     def _run_batch(self, items: list[_Call]) -> list[Table | FlowError]:
         with using_device(self.device):
@@ -147,8 +150,9 @@ class Replica:
 
     def close(self) -> None:
         """Stop serving; queued calls are cancelled, a running batch finishes in its thread."""
-        if self._task is not None:
-            self._task.cancel()
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
         self._drop(lambda c: True)
         self.executor.shutdown(wait=False, cancel_futures=True)
 
@@ -208,7 +212,7 @@ class CloudflowWorker(WorkerPlugin):
     ) -> dict[str, Any]:
         """Run a request through a replica.
 
-        ``inputs`` holds, per slot, ``["inline", table]`` or ``["ref", worker, key]``. With
+        ``inputs`` holds, per slot, ``["inline", rows]`` or ``["ref", worker, key]``. With
         ``keep``, an output over ``INLINE_LIMIT`` stays here and a reference goes back. ``peek``
         names columns whose first-row values the router wants (for locality routing).
         """
@@ -216,7 +220,7 @@ class CloudflowWorker(WorkerPlugin):
         rep = self.replicas.get(replica)
         if rep is None:
             return {"status": "no-replica"}
-        tables = await self._resolve(inputs)
+        tables = await self._resolve(rep, inputs)
         if tables is None:
             return {"status": "lost-input"}
         outcome, batch = await rep.call(request, tables, timeout)
@@ -231,14 +235,14 @@ class CloudflowWorker(WorkerPlugin):
             self.results[key] = (outcome, time.monotonic())
             reply["ref"] = [self.worker.address, key, nbytes]
         else:
-            reply["table"] = to_serialize(outcome)
+            reply["rows"] = encode_table(outcome)
         return reply
 
-    async def _resolve(self, inputs: list[Any]) -> list[Table] | None:
+    async def _resolve(self, rep: Replica, inputs: list[Any]) -> list[Table] | None:
         tables = []
-        for spec in inputs:
+        for slot, spec in zip(rep.slots, inputs, strict=True):
             if spec[0] == "inline":
-                tables.append(spec[1])
+                tables.append(decode_table(slot.schema, spec[1]))
                 continue
             _, owner, key = spec
             if owner == self.worker.address:

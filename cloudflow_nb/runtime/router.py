@@ -20,8 +20,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from distributed.protocol.serialize import to_serialize
-
 from cloudflow_nb.errors import FlowError, FlowTimeoutError
 from cloudflow_nb.physical import SOURCE, Plan, Stage
 from cloudflow_nb.plan import AnyOf, Node, StageInput
@@ -29,7 +27,7 @@ from cloudflow_nb.runtime.local import LocalEngine
 from cloudflow_nb.runtime.racing import AllLost, Race, Win
 from cloudflow_nb.runtime.routing import ReplicaRef, choose_racers, choose_replica
 from cloudflow_nb.runtime.stats import Recorder
-from cloudflow_nb.runtime.wire import Ref, unpack_error
+from cloudflow_nb.runtime.wire import Ref, decode_table, encode_table, unpack_error
 from cloudflow_nb.table import Table
 from cloudflow_nb.traversal import rewrite, walk
 
@@ -61,10 +59,11 @@ class Output:
         return self.peek.get(column)
 
     def wire(self) -> list[Any]:
-        """How a replica receives it: ``["inline", table]`` or ``["ref", worker, key]``."""
+        """How a replica receives it: ``["inline", rows]`` or ``["ref", worker, key]``."""
         if self.ref is not None:
             return ["ref", self.ref.worker, self.ref.key]
-        return ["inline", to_serialize(self.table)]
+        assert self.table is not None
+        return ["inline", encode_table(self.table)]
 
 
 @dataclass
@@ -162,7 +161,7 @@ class Router:
             )
         except FlowError:
             raise
-        except TimeoutError:
+        except asyncio.TimeoutError:
             waiting = ", ".join(repr(n) for n in sorted(pending)) or "none"
             raise FlowTimeoutError(
                 f"flow {self.plan.name!r}: request did not finish within {timeout:g} s (stages still running: {waiting})"
@@ -307,7 +306,8 @@ class Router:
             srt.answered[replica] += 1
         if status == "ok":
             ref = Ref(*reply["ref"]) if "ref" in reply else None
-            return Output(reply.get("table"), ref, reply.get("peek") or {}), reply["batch"]
+            table = decode_table(srt.stage.program.schema, reply["rows"]) if "rows" in reply else None
+            return Output(table, ref, reply.get("peek") or {}), reply["batch"]
         if status == "error":
             return unpack_error(reply), reply["batch"]
         if status == "lost-input":

@@ -17,6 +17,7 @@ worker dies.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import time
 from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
@@ -191,7 +192,7 @@ class WorkerStoreView(Mapping[Any, Any]):
         future = asyncio.run_coroutine_threadsafe(coro, self._worker.loop.asyncio_loop)
         try:
             return future.result(STORE_TIMEOUT)
-        except TimeoutError:
+        except concurrent.futures.TimeoutError:
             future.cancel()
             raise FlowTimeoutError(f"store: no answer within {STORE_TIMEOUT:g} s") from None
 
@@ -334,5 +335,5 @@ class Store(MutableMapping[Any, Any]):
     def _run(self, coro: Any) -> Any:
         try:
             return self._loop.run(coro, timeout=STORE_TIMEOUT)
-        except TimeoutError:
+        except concurrent.futures.TimeoutError:
             raise FlowTimeoutError(f"store: no answer from the cluster within {STORE_TIMEOUT:g} s") from None

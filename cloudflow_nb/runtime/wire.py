@@ -16,19 +16,31 @@ from typing import Any
 
 import cloudpickle
 import numpy as np
+from distributed.protocol.serialize import to_serialize
 
 from cloudflow_nb.errors import FlowError
 from cloudflow_nb.plan import Filter, Map, Node
-from cloudflow_nb.table import Table
+from cloudflow_nb.table import Schema, Table
 from cloudflow_nb.traversal import rewrite
 
-__all__ = ["INLINE_LIMIT", "Ref", "labelled", "pack_error", "table_nbytes", "unpack_error"]
+__all__ = [
+    "INLINE_LIMIT",
+    "Ref",
+    "decode_table",
+    "encode_table",
+    "labelled",
+    "pack_error",
+    "table_nbytes",
+    "unpack_error",
+]
 
 # 256 KiB: below this, an extra worker -> router -> worker copy costs less than the extra
 # round trip (~0.3 ms) a worker-to-worker fetch needs on one host.
 INLINE_LIMIT = 256 * 1024
 
 _OTHER_VALUE_BYTES = 64
+# Values msgpack carries as they are; anything else (tuples, arrays, objects) is pickled.
+_PLAIN = frozenset({int, float, str, bytes, bool, type(None)})
 
 
 @dataclass(frozen=True)
@@ -38,6 +50,21 @@ class Ref:
     worker: str
     key: str
     nbytes: int
+
+
+def encode_table(table: Table) -> Any:
+    """A table's rows for a message whose receiver knows the schema: plain lists when msgpack
+    carries every value as it is, else one pickled payload."""
+    rows = [list(row.values()) for row in table]
+    if all(type(v) in _PLAIN for row in rows for v in row):
+        return rows
+    return to_serialize(rows)
+
+
+def decode_table(schema: Schema, rows: list[list[Any]]) -> Table:
+    """The table :func:`encode_table` encoded, given its schema."""
+    names = schema.names
+    return Table(schema, [dict(zip(names, row)) for row in rows])
 
 
 def table_nbytes(table: Table) -> int:
@@ -88,7 +115,7 @@ def unpack_error(fields: dict[str, Any]) -> FlowError:
         exc = FlowError(f"{type(exc).__name__}: {exc}")
     if fields.get("cause") is not None:
         cause = pickle.loads(fields["cause"])
-        if fields.get("traceback"):
+        if fields.get("traceback") and hasattr(cause, "add_note"):  # Python 3.11+
             cause.add_note("traceback on the worker:\n" + fields["traceback"].rstrip())
         exc.__cause__ = cause
     return exc

@@ -136,6 +136,10 @@ class Router:
         self.requests = Recorder()
         self._engine = LocalEngine()
         self._background: set[asyncio.Task[Any]] = set()
+        self._chain = all(
+            not s.in_router and s.inputs == ((SOURCE,) if i == 0 else (plan.stages[i - 1].name,))
+            for i, s in enumerate(plan.stages)
+        )
 
     # -- one request ----------------------------------------------------------------------------
 
@@ -149,7 +153,7 @@ class Router:
         try:
             for _ in range(MAX_ATTEMPTS):
                 try:
-                    result = await asyncio.wait_for(self._attempt(table, deadline, pending), deadline - loop.time())
+                    result = await _within(self._attempt(table, deadline, pending), deadline - loop.time())
                 except _InputLost:
                     self.requests.retries += 1
                     continue
@@ -175,6 +179,17 @@ class Router:
         rid = uuid.uuid4().hex
         refs: list[Ref] = []
         source = Output(table=table)
+        if self._chain:  # one stage after the other: no task per stage
+            out = source
+            try:
+                for stage in self.plan.stages:
+                    pending.clear()
+                    pending.add(stage.name)
+                    out = await self._stage(stage, rid, source, {}, deadline, refs, [out])
+            finally:
+                self._release(refs)
+            assert out.table is not None
+            return out.table
         tasks: dict[str, asyncio.Task[Output]] = {}
         for stage in self.plan.stages:
             task = asyncio.ensure_future(self._stage(stage, rid, source, tasks, deadline, refs))
@@ -200,10 +215,12 @@ class Router:
         tasks: dict[str, asyncio.Task[Output]],
         deadline: float,
         refs: list[Ref],
+        inputs: list[Output] | None = None,
     ) -> Output:
         if stage.in_router:
             return await self._in_router(stage, source, tasks)
-        inputs = [source if name == SOURCE else await tasks[name] for name in stage.inputs]
+        if inputs is None:
+            inputs = [source if name == SOURCE else await tasks[name] for name in stage.inputs]
         out = await self._call(self.stages[stage.name], rid, inputs, deadline)
         if out.ref is not None:
             refs.append(out.ref)
@@ -376,6 +393,14 @@ class Router:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         task.add_done_callback(_retrieve)
+
+
+async def _within(coro: Any, seconds: float) -> Any:
+    """``await coro`` with a deadline (``asyncio.TimeoutError`` after ``seconds``)."""
+    if hasattr(asyncio, "timeout"):  # Python 3.11+: no extra task
+        async with asyncio.timeout(seconds):
+            return await coro
+    return await asyncio.wait_for(coro, seconds)
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:

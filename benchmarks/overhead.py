@@ -62,11 +62,15 @@ def main(n: int = 2000) -> None:
     print(f"{'case':<30} {'median ms':>10} {'p99 ms':>10} {'x submit':>10} {'+ms vs call':>12}")
     for name, times in results.items():
         med = statistics.median(times)
-        print(f"{name:<30} {med * 1e3:>10.3f} {p99(times) * 1e3:>10.3f} {med / raw:>10.3f} {(med - local) * 1e3:>12.3f}")
+        print(
+            f"{name:<30} {med * 1e3:>10.3f} {p99(times) * 1e3:>10.3f} {med / raw:>10.3f} {(med - local) * 1e3:>12.3f}"
+        )
     noop_med = statistics.median(results["deployed 1-stage no-op"])
     ratio, added = noop_med / raw, (noop_med - local) * 1e3
     print()
-    print(f"deployed no-op / raw submit (median): {ratio:.3f}x (target <= 0.15x): {'met' if ratio <= 0.15 else 'MISSED'}")
+    print(
+        f"deployed no-op / raw submit (median): {ratio:.3f}x (target <= 0.15x): {'met' if ratio <= 0.15 else 'MISSED'}"
+    )
     print(f"deployed no-op - in-process (median): {added:.3f} ms (target <= 1 ms): {'met' if added <= 1 else 'MISSED'}")
 
 

@@ -183,13 +183,11 @@ class LocalCluster(Cluster):
         }
         # The nannies' default pre-spawn environment trims malloc aggressively (slow for models)
         # and writes its variables into this process too; thread counts go per worker instead.
-        config = {"distributed.scheduler.no-workers-timeout": NO_WORKERS_TIMEOUT}
+        config: dict[str, str | None] = {"distributed.scheduler.no-workers-timeout": NO_WORKERS_TIMEOUT}
         for var in ("MALLOC_TRIM_THRESHOLD_", *_THREAD_VARS):
             config[f"distributed.nanny.pre-spawn-environ.{var}"] = None
         with dask.config.set(config):
-            self.cluster = SpecCluster(
-                workers=specs, scheduler=scheduler, silence_logs=logging.ERROR, name="cloudflow"
-            )
+            self.cluster = SpecCluster(workers=specs, scheduler=scheduler, silence_logs=logging.ERROR, name="cloudflow")
         try:
             super().__init__(Client(self.cluster), own_client=True)
         except BaseException:

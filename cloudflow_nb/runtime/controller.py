@@ -9,6 +9,7 @@ workers are dropped and re-placed when capacity exists.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from typing import TYPE_CHECKING, Any
 
@@ -139,10 +140,8 @@ class Controller:
 
     async def _watch(self) -> None:
         while True:
-            try:
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), WATCH_INTERVAL)
-            except asyncio.TimeoutError:
-                pass
             self._wake.clear()
             try:
                 await self.reconcile()
@@ -158,7 +157,5 @@ class Controller:
             for r in list(srt.replicas):
                 by_worker.setdefault(r.worker, []).append(r.id)
                 srt.remove(r)
-        calls: list[Any] = [
-            asyncio.wait_for(self.pool(w).cf_stop(replicas=ids), 5) for w, ids in by_worker.items()
-        ]
+        calls: list[Any] = [asyncio.wait_for(self.pool(w).cf_stop(replicas=ids), 5) for w, ids in by_worker.items()]
         await asyncio.gather(*calls, return_exceptions=True)

@@ -267,9 +267,7 @@ def _merge(node: Map, row: Row, result: Any) -> Row:
         outputs = {names[0]: result}
     elif isinstance(result, Mapping):
         if set(result) != set(names):
-            raise OperatorError(
-                f"{node.title} returned keys {sorted(result)}, expected {list(names)}", node.title
-            )
+            raise OperatorError(f"{node.title} returned keys {sorted(result)}, expected {list(names)}", node.title)
         outputs = {n: result[n] for n in names}
     elif isinstance(result, (tuple, list)) and len(result) == len(names):
         outputs = dict(zip(names, result, strict=True))
@@ -282,8 +280,7 @@ def _merge(node: Map, row: Row, result: Any) -> Row:
     for name, tp in node.names:
         if not accepts(tp, outputs[name]):
             raise OperatorError(
-                f"{node.title} returned {type(outputs[name]).__name__} for column {name!r}, "
-                f"expected {type_name(tp)}",
+                f"{node.title} returned {type(outputs[name]).__name__} for column {name!r}, expected {type_name(tp)}",
                 node.title,
             )
     merged = row.to_dict()

@@ -95,9 +95,7 @@ class Replica:
         with using_device(self.device):
             self.engine.warm_up(self.spec.program)
 
-    async def call(
-        self, request: str, inputs: Sequence[Table], timeout: float
-    ) -> tuple[Table | FlowError | None, int]:
+    async def call(self, request: str, inputs: Sequence[Table], timeout: float) -> tuple[Table | FlowError | None, int]:
         """Queue one request's inputs; its result (or error, or ``None`` when it was cancelled or
         expired in the queue) and the size of the batch it ran in."""
         loop = asyncio.get_running_loop()

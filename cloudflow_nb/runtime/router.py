@@ -14,6 +14,7 @@ a replica's worker over Dask comms (the scheduler never sees a request), and mee
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
 from collections import Counter
 from collections.abc import Sequence
@@ -168,7 +169,8 @@ class Router:
         except asyncio.TimeoutError:
             waiting = ", ".join(repr(n) for n in sorted(pending)) or "none"
             raise FlowTimeoutError(
-                f"flow {self.plan.name!r}: request did not finish within {timeout:g} s (stages still running: {waiting})"
+                f"flow {self.plan.name!r}: request did not finish within {timeout:g} s "
+                f"(stages still running: {waiting})"
             ) from None
         finally:
             self.requests.record(loop.time() - start, ok)
@@ -194,7 +196,7 @@ class Router:
         for stage in self.plan.stages:
             task = asyncio.ensure_future(self._stage(stage, rid, source, tasks, deadline, refs))
             task.add_done_callback(_retrieve)
-            task.add_done_callback(lambda t, n=stage.name: t.cancelled() or pending.discard(n))
+            task.add_done_callback(functools.partial(_finished_stage, pending, stage.name))
             tasks[stage.name] = task
         pending.clear()
         pending.update(tasks)
@@ -277,7 +279,7 @@ class Router:
                 result = await self._send(srt, chosen[0], rid, inputs, deadline)
             else:
                 result = await self._race(srt, chosen, rid, inputs, deadline)
-            if result is LOST:
+            if isinstance(result, _Lost):
                 lost.update(chosen)
                 srt.stats.retries += 1
                 continue
@@ -401,6 +403,12 @@ async def _within(coro: Any, seconds: float) -> Any:
         async with asyncio.timeout(seconds):
             return await coro
     return await asyncio.wait_for(coro, seconds)
+
+
+def _finished_stage(pending: set[str], name: str, task: asyncio.Future[Any]) -> None:
+    """A stage is no longer pending once it finished (a cancelled one still counts as pending)."""
+    if not task.cancelled():
+        pending.discard(name)
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:

@@ -71,7 +71,9 @@ def target_replicas(stage: Stage, eligible: int) -> int:
     return stage.replicas
 
 
-def new_placements(stage: Stage, workers: Sequence[WorkerInfo], hosting: Sequence[str], load: Mapping[str, int]) -> list[str]:
+def new_placements(
+    stage: Stage, workers: Sequence[WorkerInfo], hosting: Sequence[str], load: Mapping[str, int]
+) -> list[str]:
     """Workers to start new replicas on, so that the stage reaches its target.
 
     ``hosting`` lists the workers of the stage's live replicas; ``load`` counts replicas per

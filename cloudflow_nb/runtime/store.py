@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import time
-from collections.abc import Iterable, Iterator, Mapping, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -134,9 +134,7 @@ class WorkerValues:
 
     def install(self, worker: Worker) -> None:
         """Register the comm handlers on ``worker``."""
-        worker.handlers.update(
-            {"cf_store_put": self.put, "cf_store_get": self.get, "cf_store_delete": self.delete}
-        )
+        worker.handlers.update({"cf_store_put": self.put, "cf_store_get": self.get, "cf_store_delete": self.delete})
 
     def put(self, items: list[tuple[Any, Any]]) -> None:
         """Store ``(key, value)`` pairs."""
@@ -189,7 +187,7 @@ class WorkerStoreView(Mapping[Any, Any]):
         return found, value
 
     def _call(self, coro: Any) -> Any:
-        future = asyncio.run_coroutine_threadsafe(coro, self._worker.loop.asyncio_loop)
+        future = asyncio.run_coroutine_threadsafe(coro, self._worker.loop.asyncio_loop)  # type: ignore[attr-defined]
         try:
             return future.result(STORE_TIMEOUT)
         except concurrent.futures.TimeoutError:
@@ -245,7 +243,7 @@ class Store(MutableMapping[Any, Any]):
         """``del store[key]``."""
         del self[key]
 
-    def update(self, other: Mapping[Any, Any] | Iterable[tuple[Any, Any]] = (), /, **kwargs: Any) -> None:
+    def update(self, other: Any = (), /, **kwargs: Any) -> None:
         """Store many values at once (one message per owner worker)."""
         items = dict(other.items() if isinstance(other, Mapping) else other, **kwargs)
         if items:

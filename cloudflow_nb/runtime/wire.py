@@ -64,7 +64,7 @@ def encode_table(table: Table) -> Any:
 def decode_table(schema: Schema, rows: list[list[Any]]) -> Table:
     """The table :func:`encode_table` encoded, given its schema."""
     names = schema.names
-    return Table(schema, [dict(zip(names, row)) for row in rows])
+    return Table(schema, [dict(zip(names, row, strict=False)) for row in rows])
 
 
 def table_nbytes(table: Table) -> int:

@@ -92,7 +92,9 @@ def test_predict_submit_and_apredict(serving_cluster):
         stats = dep.stats()
     assert stats["requests"]["count"] == 3
     (stage,) = stats["stages"].values()
-    assert stage["count"] == 3 and stage["p50_ms"] > 0 and len(stage["replicas"]) == 1
+    assert stage["count"] == 3
+    assert stage["p50_ms"] > 0
+    assert len(stage["replicas"]) == 1
 
 
 def test_bad_input_is_rejected_before_anything_is_sent(serving_cluster):
@@ -176,9 +178,11 @@ def test_competitive_racing_returns_the_first_result(serving_cluster):
 
 
 def test_every_call_has_a_deadline(serving_cluster):
-    with serving_cluster.deploy(X.map(sleepy, names={"y": int})) as dep:
-        with pytest.raises(cf.FlowTimeoutError, match="did not finish within 0.2 s"):
-            dep.predict({"x": 1}, timeout=0.2)
+    with (
+        serving_cluster.deploy(X.map(sleepy, names={"y": int})) as dep,
+        pytest.raises(cf.FlowTimeoutError, match=r"did not finish within 0\.2 s"),
+    ):
+        dep.predict({"x": 1}, timeout=0.2)
 
 
 def test_large_outputs_move_worker_to_worker(serving_cluster):
@@ -203,11 +207,16 @@ def test_store_is_dict_like_and_knows_where_keys_live(serving_cluster):
     store.update({"t:c": 3, 4: "four"})
     try:
         assert np.array_equal(store["t:a"], np.arange(3))
-        assert store.get("t:b") == "two" and store.get("t:zzz", "default") == "default"
-        assert "t:c" in store and "t:zzz" not in store and 4 in store
-        assert {"t:a", "t:b", "t:c", 4} <= set(store.keys()) and len(store) >= 4
+        assert store.get("t:b") == "two"
+        assert store.get("t:zzz", "default") == "default"
+        assert "t:c" in store
+        assert "t:zzz" not in store
+        assert 4 in store
+        assert {"t:a", "t:b", "t:c", 4} <= set(store.keys())
+        assert len(store) >= 4
         cpu = {w.address for w in serving_cluster.workers() if not w.gpu}
-        assert store.location("t:a") in cpu and store.location("t:zzz") is None
+        assert store.location("t:a") in cpu
+        assert store.location("t:zzz") is None
         store.delete("t:b")
         with pytest.raises(KeyError):
             store["t:b"]
@@ -239,9 +248,8 @@ def test_dynamic_lookup_runs_where_the_key_lives(serving_cluster):
 
 def test_connect_never_closes_a_client_it_did_not_create(serving_cluster):
     with distributed.Client(serving_cluster.scheduler_address) as client:
-        with cf.connect(client) as cluster:
-            with cluster.deploy(X.map(slow_double, names={"y": int})) as dep:
-                assert dep.predict({"x": 3}).column("y") == [6]
+        with cf.connect(client) as cluster, cluster.deploy(X.map(slow_double, names={"y": int})) as dep:
+            assert dep.predict({"x": 3}).column("y") == [6]
         assert client.status == "running"
         assert client.submit(sum, [1, 2]).result(timeout=30) == 3
     own = cf.connect(serving_cluster.scheduler_address)

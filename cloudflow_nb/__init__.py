@@ -32,6 +32,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Cluster",
+    "Dashboard",
     "Comparison",
     "Deployment",
     "DeploymentError",
@@ -44,6 +45,7 @@ __all__ = [
     "OperatorError",
     "Optimize",
     "OptimizerError",
+    "PlanExplorer",
     "Plan",
     "Row",
     "Schema",
@@ -52,24 +54,30 @@ __all__ = [
     "Table",
     "compare",
     "connect",
+    "dashboard",
     "device",
+    "explore",
     "optimize_until",
 ]
 
-# The serving runtime pulls in dask.distributed: load it on first use, keeping the import fast.
-_RUNTIME = {
+# The runtime and the notebook edge pull in distributed, ipywidgets and bokeh: load them on first use.
+_LAZY = {
     "Cluster": "cloudflow_nb.runtime.cluster",
     "LocalCluster": "cloudflow_nb.runtime.cluster",
     "connect": "cloudflow_nb.runtime.cluster",
     "Deployment": "cloudflow_nb.runtime.deployment",
+    "Dashboard": "cloudflow_nb.live",
+    "dashboard": "cloudflow_nb.live",
+    "PlanExplorer": "cloudflow_nb.widgets",
+    "explore": "cloudflow_nb.widgets",
 }
 
 
 def __getattr__(name: str) -> Any:
-    if name in _RUNTIME:
+    if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(_RUNTIME[name]), name)
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'cloudflow_nb' has no attribute {name!r}")
 
 

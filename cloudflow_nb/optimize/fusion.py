@@ -80,14 +80,14 @@ def _extend(
     if isinstance(child, Source) or len(graph.readers[id(child)]) != 1:
         return []
     chain = group_of[id(child)]
-    why = barrier(chain, node, options)
+    why = _barrier(chain, node, options)
     if why is not None:
         declines.append((node, why))
         return []
     return chain
 
 
-def barrier(chain: list[Node], node: Node, options: Optimize) -> str | None:
+def _barrier(chain: list[Node], node: Node, options: Optimize) -> str | None:
     """Why ``node`` may not join ``chain``, the stage of its only input (``None``: it may)."""
     last = chain[-1]
     if isinstance(last, AnyOf):

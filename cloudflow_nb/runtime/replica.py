@@ -9,8 +9,10 @@ workers that join later). It installs the store's handlers and these:
   it on this worker as a reference; ``cf_fetch``/``cf_release`` serve and free those outputs;
 - ``cf_cancel`` drops queued calls of requests that no longer need them (race losers).
 
-User code never runs on the worker's event loop: each replica has one thread of its own, fed by a
-:class:`~cloudflow_nb.runtime.batcher.Batcher` queue.
+User code runs in each replica's own thread, fed by a :class:`~cloudflow_nb.runtime.batcher.Batcher`
+queue. One exception saves two thread hops per call: a replica whose last ``INLINE_AFTER`` batches
+each took under ``INLINE_BUDGET`` (a filter, a lookup, a cheap transform) runs its batches on the
+worker's event loop, and goes back to its thread the first time a batch takes longer.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ __all__ = ["CloudflowWorker", "Replica", "StageSpec"]
 
 # Outputs kept for a next stage are freed by the router; this sweeps what a vanished router left.
 RESULT_TTL = 120.0
+INLINE_BUDGET = 0.0002  # seconds: a batch this cheap may run on the worker's event loop
+INLINE_AFTER = 20  # consecutive cheap batches before a replica runs inline
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,7 @@ class Replica:
         self.batcher = Batcher(b.max_batch_size, b.max_batch_wait_ms / 1000) if b else Batcher()
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
+        self._cheap_runs = 0  # consecutive batches under INLINE_BUDGET
 
     async def start(self) -> None:
         """Build the stage's class-based operators in the replica's own thread."""
@@ -101,6 +106,8 @@ class Replica:
         loop = asyncio.get_running_loop()
         now = loop.time()
         item = _Call(request, dict(zip(self.slots, inputs, strict=True)), now + timeout, loop.create_future())
+        if self._cheap_runs >= INLINE_AFTER and not self.batcher.busy and not len(self.batcher):
+            return self._run_batch([item])[0], 1  # cheap and idle: no queue, no thread, no extra loop turn
         self.batcher.add(item, now)
         self._pump()
         return await item.future
@@ -121,7 +128,10 @@ class Replica:
         now = loop.time()
         self._drop(lambda c: c.deadline <= now or c.future.done())
         action = self.batcher.poll(now)
-        if isinstance(action, Run):
+        if isinstance(action, Run) and self._cheap_runs >= INLINE_AFTER:
+            outcomes = self._run_batch(action.items)
+            loop.call_soon(self._deliver, action.items, outcomes)
+        elif isinstance(action, Run):
             job = loop.run_in_executor(self.executor, self._run_batch, action.items)
             job.add_done_callback(lambda j: self._finished(action.items, j))
         elif isinstance(action, WaitUntil):
@@ -130,21 +140,27 @@ class Replica:
             self._timer = loop.call_at(action.deadline, self._pump)
 
     def _finished(self, items: list[_Call], job: asyncio.Future[list[Table | FlowError]]) -> None:
+        self._deliver(items, [None] * len(items) if job.cancelled() else job.result())
+
+    def _deliver(self, items: list[_Call], outcomes: list[Any]) -> None:
         self.batcher.finished()
-        outcomes: list[Any] = [None] * len(items) if job.cancelled() else job.result()
         for item, outcome in zip(items, outcomes, strict=True):
             if not item.future.done():
                 item.future.set_result((outcome, len(items)))
         self._pump()
 
     def _run_batch(self, items: list[_Call]) -> list[Table | FlowError]:
+        start = time.perf_counter()
         with using_device(self.device):
             try:
-                return self.engine.run_many(self.spec.program, [c.bindings for c in items])
+                outcomes = self.engine.run_many(self.spec.program, [c.bindings for c in items])
             except Exception as exc:  # an engine failure, not a user error: fail the whole batch
                 error = FlowError(f"stage {self.spec.name!r} failed: {type(exc).__name__}: {exc}")
                 error.__cause__ = exc
-                return [error] * len(items)
+                outcomes = [error] * len(items)
+        cheap = time.perf_counter() - start < INLINE_BUDGET
+        self._cheap_runs = self._cheap_runs + 1 if cheap else 0
+        return outcomes
 
     def close(self) -> None:
         """Stop serving; queued calls are cancelled, a running batch finishes in its thread."""

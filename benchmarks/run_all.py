@@ -37,7 +37,7 @@ def main() -> int:
         print(done.stdout, flush=True)
         if done.returncode != 0:
             failed.append(name)
-        sections.append(done.stdout.strip() or f"{name} failed with exit status {done.returncode}")
+        sections.append(_section(name, done.stdout.strip(), done.returncode))
     if args.write:
         mode = "quick" if args.quick else "full"
         header = [
@@ -51,6 +51,15 @@ def main() -> int:
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _section(name: str, output: str, status: int) -> str:
+    """Markdown for one benchmark: its own output, or its plain text in a code block."""
+    if status != 0 and not output:
+        return f"## {name}\n\nfailed with exit status {status}"
+    if output.startswith("#"):
+        return output
+    return f"## {name}\n\n```\n{output}\n```"
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ the model is a small VGG-style CNN (two conv blocks and a 2048-wide fully connec
 weights) on 3x32x32 inputs, served by one replica on CPU. Clients are closed-loop: each sends its
 next request when the last one returns. As in the paper's executor, a batch takes whatever is
 queued (up to 32) without waiting for more (``max_batch_wait_ms=0``); a 2 ms wait measured worse
-at every client count on this machine. Target: batching gives at least 2x the throughput.
+at 1 to 8 clients on this machine. Target: batching gives at least 2x the throughput.
 
 Run: ``python benchmarks/batching.py [--quick]``.
 """

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from cloudflow_nb.compare import Comparison, compare
 from cloudflow_nb.errors import (
     DeploymentError,
     FlowError,
@@ -21,7 +22,6 @@ from cloudflow_nb.errors import (
     OptimizerError,
     SchemaError,
 )
-from cloudflow_nb.compare import Comparison, compare
 from cloudflow_nb.flow import Flow, GroupedFlow
 from cloudflow_nb.optimize import Optimize, optimize_until
 from cloudflow_nb.physical import Plan, Stage
@@ -32,8 +32,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Cluster",
-    "Dashboard",
     "Comparison",
+    "Dashboard",
     "Deployment",
     "DeploymentError",
     "Flow",
@@ -45,8 +45,8 @@ __all__ = [
     "OperatorError",
     "Optimize",
     "OptimizerError",
-    "PlanExplorer",
     "Plan",
+    "PlanExplorer",
     "Row",
     "Schema",
     "SchemaError",

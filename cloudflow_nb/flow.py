@@ -131,7 +131,7 @@ class Flow:
         dynamic: bool = False,
         into: str | None = None,
         default: Any = NO_DEFAULT,
-        type: type = object,  # noqa: A002 - the column's type, as in Flow(**columns)
+        type: type = object,
     ) -> Flow:
         """Add a value from the key-value store.
 
@@ -179,9 +179,7 @@ class Flow:
 
         return optimize_until(self, stage or PASSES[-1], resolve_options(options))
 
-    def explain(
-        self, optimized: bool = True, options: Optimize | bool | None = None, stage: str | None = None
-    ) -> str:
+    def explain(self, optimized: bool = True, options: Optimize | bool | None = None, stage: str | None = None) -> str:
         """Deterministic text of the optimized plan (after pass ``stage``), or of the logical one."""
         from cloudflow_nb.explain import explain_logical
 

@@ -48,9 +48,7 @@ class Dashboard:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         stats = deployment.stats()
-        self.sources: dict[str, Any] = {
-            "requests": ColumnDataSource({"t": [], "p50": [], "p99": [], "rate": []})
-        }
+        self.sources: dict[str, Any] = {"requests": ColumnDataSource({"t": [], "p50": [], "p99": [], "rate": []})}
         stages = figure(title="stage latency p50 (ms)", height=260, width=420, x_axis_label="seconds")
         for i, name in enumerate(stats["stages"]):
             self.sources[name] = ColumnDataSource({"t": [], "p50": []})

@@ -218,9 +218,7 @@ class Table:
         """
         if isinstance(request, Table):
             if request.schema.names != schema.names:
-                raise SchemaError(
-                    f"{where}: table has columns {list(request.columns)}, expected {list(schema.names)}"
-                )
+                raise SchemaError(f"{where}: table has columns {list(request.columns)}, expected {list(schema.names)}")
             for row in request:
                 schema.check(row, where)
             return request
@@ -232,8 +230,7 @@ class Table:
             records = list(request)
         else:
             raise SchemaError(
-                f"{where}: expected a dict, a list of dicts, a cf.Table or a DataFrame, "
-                f"got {type(request).__name__}"
+                f"{where}: expected a dict, a list of dicts, a cf.Table or a DataFrame, got {type(request).__name__}"
             )
         rows = []
         for i, record in enumerate(records):
@@ -278,8 +275,10 @@ class Table:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Table):
             return NotImplemented
-        return self._schema == other._schema and len(self) == len(other) and all(
-            a == b for a, b in zip(self._rows, other._rows, strict=True)
+        return (
+            self._schema == other._schema
+            and len(self) == len(other)
+            and all(a == b for a, b in zip(self._rows, other._rows, strict=True))
         )
 
     __hash__ = None  # type: ignore[assignment]

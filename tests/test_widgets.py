@@ -30,7 +30,8 @@ def test_toggling_fusion_changes_the_plan_and_its_text():
     fused = len(panel.plan.stages)
     panel.controls["fusion"].value = False
     assert len(panel.plan.stages) > fused
-    assert "double" in panel.text.value and "slow" in panel.text.value
+    assert "double" in panel.text.value
+    assert "slow" in panel.text.value
 
 
 def test_compete_slider_sets_racing_replicas():

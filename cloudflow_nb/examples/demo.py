@@ -63,15 +63,19 @@ def main(requests: int = 200) -> None:
                 rate = _throughput(dep, images)
                 accuracy = np.mean(np.array([r["answer"] for r in rows]) == labels)
                 sent = sum(r["model"] == "cnn" for r in rows)
-                print(f"\n{title}: {len(dep.plan.stages)} stages, accuracy {accuracy:.1%}, "
-                      f"{sent} of {requests} sent to the CNN")
+                print(
+                    f"\n{title}: {len(dep.plan.stages)} stages, accuracy {accuracy:.1%}, "
+                    f"{sent} of {requests} sent to the CNN"
+                )
                 print(f"  latency {_percentiles(latencies)}; {rate:.0f} requests/s with 16 in flight")
                 stats = dep.stats()
                 for name, s in stats["stages"].items():
                     where = ", ".join(sorted({r["worker"].split(":")[-1] + "/" + r["device"] for r in s["replicas"]}))
                     batch = f", mean batch {s['mean_batch']}" if s["batching"] else ""
-                    print(f"  stage {name:<32} calls {s['count']:>5}  p50 {s['p50_ms'] or 0:6.2f} ms{batch}"
-                          f"  [{'gpu' if s['gpu'] else 'cpu'} on port {where}]")
+                    print(
+                        f"  stage {name:<32} calls {s['count']:>5}  p50 {s['p50_ms'] or 0:6.2f} ms{batch}"
+                        f"  [{'gpu' if s['gpu'] else 'cpu'} on port {where}]"
+                    )
         print("\nfirst answers:", [int(r["answer"]) for r in rows[:10]], "true:", labels[:10].tolist())
 
 

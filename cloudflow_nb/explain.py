@@ -26,15 +26,27 @@ def node_ids(root: Node) -> dict[int, str]:
 
 
 def schema_delta(node: Node) -> str:
-    """The output schema: only what changed for one-input operators that keep their input columns."""
+    """The output schema; for one-input operators that keep their input columns, only the columns
+    they add (``+name``) or rewrite (``~name``)."""
     children = node.children
     if len(children) == 1 and not isinstance(node, Agg):
         before: Schema = children[0].schema
-        changed = [(k, v) for k, v in node.schema.items() if k not in before or before[k] is not v]
-        if not changed:
-            return "same columns"
-        return ", ".join(f"+{k}: {type_name(v)}" for k, v in changed)
+        written = set(_written(node))
+        parts = [
+            f"{'+' if k not in before else '~'}{k}: {type_name(v)}"
+            for k, v in node.schema.items()
+            if k not in before or before[k] is not v or k in written
+        ]
+        return ", ".join(parts) or "same columns"
     return node.schema.describe()
+
+
+def _written(node: Node) -> tuple[str, ...]:
+    if isinstance(node, Map):
+        return node.output_names
+    if isinstance(node, Lookup):
+        return (node.target,)
+    return ()
 
 
 @singledispatch

@@ -116,10 +116,9 @@ class Dashboard:
         return self._widget
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        try:
-            return self.widget._repr_mimebundle_(include=include, exclude=exclude)  # type: ignore[no-any-return]
-        except Exception:  # a repr must never raise in a notebook
-            return {"text/plain": repr(self)}
+        from cloudflow_nb.widgets import widget_bundle
+
+        return widget_bundle(lambda: self.widget, repr(self))
 
     def __repr__(self) -> str:
         return f"<cf.Dashboard of {self.deployment!r}>"

@@ -12,8 +12,12 @@ __all__ = ["consumers", "fixpoint", "rewrite", "walk"]
 Rule = Callable[[Node], "Node | None"]
 
 
-def walk(root: Node) -> Iterator[Node]:
-    """Every node reachable from ``root`` once, inputs before consumers, in a stable order."""
+def walk(root: Node, inputs: Callable[[Node], tuple[Node, ...]] | None = None) -> Iterator[Node]:
+    """Every node reachable from ``root`` once, inputs before consumers, in a stable order.
+
+    ``inputs(node)`` chooses which children to follow (default: all of them).
+    """
+    follow = inputs or (lambda node: node.children)
     seen: set[int] = set()
     order: list[Node] = []
     stack: list[tuple[Node, bool]] = [(root, False)]
@@ -26,9 +30,7 @@ def walk(root: Node) -> Iterator[Node]:
             order.append(node)
             continue
         stack.append((node, True))
-        for child in reversed(node.children):
-            if id(child) not in seen:
-                stack.append((child, False))
+        stack.extend((c, False) for c in reversed(follow(node)) if id(c) not in seen)
     return iter(order)
 
 

@@ -17,7 +17,7 @@ from cloudflow_nb.viz import DOT_MISSING_HINT, dot_available
 if TYPE_CHECKING:
     from cloudflow_nb.flow import Flow
 
-__all__ = ["PlanExplorer", "explore"]
+__all__ = ["PlanExplorer", "explore", "widget_bundle"]
 
 
 def explore(flow: Flow, options: Optimize | None = None) -> PlanExplorer:
@@ -86,13 +86,18 @@ class PlanExplorer:
         self.graph.value = _svg_or_hint(self.plan)
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        try:
-            return self.widget._repr_mimebundle_(include=include, exclude=exclude)  # type: ignore[no-any-return]
-        except Exception:  # a repr must never raise in a notebook
-            return {"text/plain": repr(self)}
+        return widget_bundle(lambda: self.widget, repr(self))
 
     def __repr__(self) -> str:
         return f"<cf.PlanExplorer {self.flow.name!r}: {len(self.plan.stages)} stages>"
+
+
+def widget_bundle(widget: Any, text: str) -> dict[str, Any]:
+    """The display bundle of the ipywidget ``widget()``, or ``text`` if that fails; never raises."""
+    try:
+        return widget()._repr_mimebundle_()  # type: ignore[no-any-return]
+    except Exception:  # a repr must never raise in a notebook
+        return {"text/plain": text}
 
 
 def _svg_or_hint(plan: Any) -> str:

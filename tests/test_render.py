@@ -6,40 +6,20 @@ The optimized renderings belong to the optimizer's tests (``tests/snapshots/opti
 
 from __future__ import annotations
 
-import difflib
 import functools
-import os
 import re
 import shutil
 import stat
-from pathlib import Path
 
 import numpy as np
 import pytest
+from snapshots import check
 
 import cloudflow_nb as cf
 from cloudflow_nb import viz
 from cloudflow_nb.labels import callable_label
 
-SNAPSHOTS = Path(__file__).parent / "snapshots" / "core"
-UPDATE = os.environ.get("CFNB_UPDATE_SNAPSHOTS") == "1"
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="needs the Graphviz dot program")
-
-
-def check_snapshot(name: str, text: str) -> None:
-    """Compare ``text`` with the golden file ``name`` exactly (or rewrite it when updating)."""
-    path = SNAPSHOTS / name
-    content = text + "\n"
-    if UPDATE:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(content, encoding="utf-8")
-        return
-    if not path.exists():
-        pytest.fail(f"missing golden file {path}; create it with CFNB_UPDATE_SNAPSHOTS=1")
-    expected = path.read_text(encoding="utf-8")
-    if content != expected:
-        diff = "".join(difflib.unified_diff(expected.splitlines(True), content.splitlines(True), "golden", "now"))
-        pytest.fail(f"{name} differs from its golden file (CFNB_UPDATE_SNAPSHOTS=1 rewrites it):\n{diff}")
 
 
 # -- named module-level functions, so the golden files are stable -------------------------------------
@@ -131,12 +111,12 @@ FLOWS = {"cascade": cascade, "ensemble": ensemble, "recommender": recommender, "
 
 @pytest.mark.parametrize("name", list(FLOWS))
 def test_explain_logical_golden(name):
-    check_snapshot(f"{name}.explain.txt", FLOWS[name]().explain(optimized=False))
+    check(f"{name}.explain.txt", FLOWS[name]().explain(optimized=False), folder="core")
 
 
 @pytest.mark.parametrize("name", list(FLOWS))
 def test_logical_dot_golden(name):
-    check_snapshot(f"{name}.dot", FLOWS[name]().show_graph(optimized=False).source.rstrip("\n"))
+    check(f"{name}.dot", FLOWS[name]().show_graph(optimized=False).source, folder="core")
 
 
 @pytest.mark.parametrize("name", list(FLOWS))

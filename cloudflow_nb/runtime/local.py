@@ -15,6 +15,7 @@ from cloudflow_nb.errors import FlowError, MissingKeyError, OperatorError, Schem
 from cloudflow_nb.physical import SOURCE, Plan, Stage
 from cloudflow_nb.plan import NO_DEFAULT, Agg, AnyOf, Filter, Join, Lookup, Map, Node, Source, StageInput, Union
 from cloudflow_nb.table import QID, Row, Table, accepts, type_name
+from cloudflow_nb.traversal import walk
 
 __all__ = ["LocalEngine", "needed_nodes"]
 
@@ -23,21 +24,7 @@ Bindings = Mapping[Node, Table]
 
 def needed_nodes(root: Node) -> list[Node]:
     """Nodes ``root`` depends on, inputs first; ``anyof`` needs only its first input locally."""
-    seen: set[int] = set()
-    order: list[Node] = []
-    stack: list[tuple[Node, bool]] = [(root, False)]
-    while stack:
-        node, expanded = stack.pop()
-        if id(node) in seen:
-            continue
-        if expanded:
-            seen.add(id(node))
-            order.append(node)
-            continue
-        stack.append((node, True))
-        kids = node.children[:1] if isinstance(node, AnyOf) else node.children
-        stack.extend((c, False) for c in reversed(kids) if id(c) not in seen)
-    return order
+    return list(walk(root, _inputs_used))
 
 
 class LocalEngine:
@@ -145,18 +132,7 @@ class LocalEngine:
 
     def _map(self, node: Map, table: Table) -> Table:
         fn = self.instance(node)
-        rows = []
-        for row in table:
-            try:
-                result = fn(row)
-            except FlowError:
-                raise
-            except Exception as exc:
-                raise OperatorError(
-                    f"{node.title} failed on qid {row.qid}: {type(exc).__name__}: {exc}", node.title
-                ) from exc
-            rows.append(_merge(node, row, result))
-        return Table(node.schema, rows)
+        return Table(node.schema, [_merge(node, row, _call_user(node, fn, row)) for row in table])
 
     def _batched_map(
         self, node: Map, live: list[int], values: list[dict[int, Table]], errors: list[FlowError | None]
@@ -218,17 +194,7 @@ class LocalEngine:
 
     def _filter(self, node: Filter, table: Table) -> Table:
         pred = self.instance(node)
-        kept = []
-        for row in table:
-            try:
-                keep = pred(row)
-            except Exception as exc:
-                raise OperatorError(
-                    f"{node.title} failed on qid {row.qid}: {type(exc).__name__}: {exc}", node.title
-                ) from exc
-            if keep:
-                kept.append(row)
-        return Table(node.schema, kept)
+        return Table(node.schema, [row for row in table if _call_user(node, pred, row)])
 
     def _lookup(self, node: Lookup, table: Table) -> Table:
         if len(table) == 0:
@@ -254,6 +220,16 @@ class LocalEngine:
                 f"{node.title}: value of key {key!r} is {type(value).__name__}, expected {type_name(node.type)}"
             )
         return value
+
+
+def _call_user(node: Map | Filter, fn: Any, row: Row) -> Any:
+    """``fn(row)``; a user exception becomes an ``OperatorError`` naming the operator and row."""
+    try:
+        return fn(row)
+    except FlowError:
+        raise
+    except Exception as exc:
+        raise OperatorError(f"{node.title} failed on qid {row.qid}: {type(exc).__name__}: {exc}", node.title) from exc
 
 
 def _inputs_used(node: Node) -> tuple[Node, ...]:

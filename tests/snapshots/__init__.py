@@ -1,7 +1,7 @@
-"""Golden files for the optimizer's text and graph renderings (in ``tests/snapshots/optimize``).
+"""Golden files for text and graph renderings: ``core/`` (logical plans), ``optimize/`` (physical).
 
-``check(name, text)`` compares ``text`` exactly with ``tests/snapshots/optimize/<name>``; run the
-tests with ``CFNB_UPDATE_SNAPSHOTS=1`` to rewrite the files after an intended change.
+``check(name, text, folder)`` compares ``text`` exactly with ``tests/snapshots/<folder>/<name>``;
+run the tests with ``CFNB_UPDATE_SNAPSHOTS=1`` to rewrite the files after an intended change.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ import pytest
 __all__ = ["UPDATE_ENV", "check"]
 
 UPDATE_ENV = "CFNB_UPDATE_SNAPSHOTS"
-GOLDEN = Path(__file__).parent / "optimize"
+GOLDEN = Path(__file__).parent
 
 
-def check(name: str, text: str) -> None:
-    """Fail unless ``text`` equals the golden file ``name`` (rewrite it when updating)."""
-    path = GOLDEN / name
+def check(name: str, text: str, folder: str = "optimize") -> None:
+    """Fail unless ``text`` equals the golden file ``folder/name`` (rewrite it when updating)."""
+    path = GOLDEN / folder / name
     actual = text if text.endswith("\n") else text + "\n"
     if os.environ.get(UPDATE_ENV) == "1":
         path.write_text(actual, encoding="utf-8")

@@ -218,7 +218,7 @@ def build_plan(
             operators=tuple(members),
             in_router=isinstance(outputs[g], AnyOf),
         )
-    ordered = sorted(stages.values(), key=lambda s: order[id(outputs[names.index(s.name)])])
+    ordered = [stages[g] for g in sorted(stages, key=lambda g: order[id(outputs[g])])]
     return Plan(name, logical, tuple(ordered), pass_name="logical")
 
 

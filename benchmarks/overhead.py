@@ -6,15 +6,16 @@ deployed four-stage flow (unfused: four replica hops). Prints median and p99 of 
 ratios against the design targets: deployed no-op at most 0.15x the raw submit median and at most
 1 ms above the in-process call.
 
-Usage: ``python benchmarks/overhead.py [requests]`` (about a minute).
+Run: ``python benchmarks/overhead.py [--quick]`` (about a minute; ``--quick``: 300 requests per case).
 """
 
 from __future__ import annotations
 
 import statistics
-import sys
 import time
 from collections.abc import Callable
+
+from common import parse_args
 
 import cloudflow_nb as cf
 
@@ -40,7 +41,9 @@ def p99(times: list[float]) -> float:
     return ordered[max(0, int(len(ordered) * 0.99) - 1)]
 
 
-def main(n: int = 2000) -> None:
+def main() -> None:
+    args = parse_args(__doc__.splitlines()[0])
+    n = 300 if args.quick else 2000
     flow = cf.Flow("noop", x=int)
     one = flow.map(noop, names={"y": int})
     four = one.map(noop, names={"y2": int}).map(noop, names={"y3": int}).map(noop, names={"y4": int})
@@ -75,4 +78,4 @@ def main(n: int = 2000) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 2000)
+    main()

@@ -16,8 +16,6 @@ from common import machine
 
 HERE = Path(__file__).parent
 BENCHMARKS = ["overhead.py", "fusion.py", "competition.py", "batching.py", "locality.py"]
-# overhead.py takes a request count instead of --quick
-QUICK_ARGS = {"overhead.py": ["300"]}
 
 
 def main() -> int:
@@ -32,7 +30,7 @@ def main() -> int:
         if not script.exists():
             continue
         print(f"### {name}", flush=True)
-        command = [sys.executable, str(script), *(QUICK_ARGS.get(name, ["--quick"]) if args.quick else [])]
+        command = [sys.executable, str(script), *(["--quick"] if args.quick else [])]
         done = subprocess.run(command, stdout=subprocess.PIPE, text=True, check=False)
         print(done.stdout, flush=True)
         if done.returncode != 0:

@@ -48,6 +48,7 @@ __all__ = ["CloudflowWorker", "Replica", "StageSpec"]
 RESULT_TTL = 120.0
 INLINE_BUDGET = 0.0002  # seconds: a batch this cheap may run on the worker's event loop
 INLINE_AFTER = 20  # consecutive cheap batches before a replica runs inline
+CANCEL_TTL = 60.0  # seconds a cancelled request is remembered, in case its call arrives after the cancel
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,7 @@ class Replica:
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
         self._cheap_runs = 0  # consecutive batches under INLINE_BUDGET
+        self._cancelled: dict[str, float] = {}  # request -> when it was cancelled (oldest first)
 
     async def start(self) -> None:
         """Build the stage's class-based operators in the replica's own thread."""
@@ -103,6 +105,8 @@ class Replica:
     async def call(self, request: str, inputs: Sequence[Table], timeout: float) -> tuple[Table | FlowError | None, int]:
         """Queue one request's inputs; its result (or error, or ``None`` when it was cancelled or
         expired in the queue) and the size of the batch it ran in."""
+        if request in self._cancelled:  # the cancel overtook the call
+            return None, 0
         loop = asyncio.get_running_loop()
         now = loop.time()
         item = _Call(request, dict(zip(self.slots, inputs, strict=True)), now + timeout, loop.create_future())
@@ -113,7 +117,11 @@ class Replica:
         return await item.future
 
     def cancel(self, requests: set[str]) -> None:
-        """Drop queued calls of these requests."""
+        """Drop queued calls of these requests, and their calls that arrive later."""
+        now = time.monotonic()
+        while self._cancelled and now - next(iter(self._cancelled.values())) > CANCEL_TTL:
+            del self._cancelled[next(iter(self._cancelled))]
+        self._cancelled.update(dict.fromkeys(requests, now))
         self._drop(lambda c: c.request in requests)
 
     def _drop(self, predicate: Any) -> None:

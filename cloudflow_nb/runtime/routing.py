@@ -123,11 +123,18 @@ def choose_replica(
 def choose_racers(
     replicas: Sequence[ReplicaRef], inflight: Mapping[ReplicaRef, int], k: int, exclude: Iterable[ReplicaRef] = ()
 ) -> list[ReplicaRef]:
-    """Up to ``k`` replicas on distinct workers, least busy first."""
+    """Up to ``k`` replicas on distinct workers, least busy first.
+
+    While any replica is idle, only idle ones race: a call queued behind a replica that is still
+    busy (say, with the losing call of the last race) could only start late and then hold that
+    replica for the next request.
+    """
     skip = set(exclude)
+    candidates = [r for r in replicas if r not in skip]
+    idle = [r for r in candidates if not inflight.get(r, 0)]
     chosen: list[ReplicaRef] = []
     workers: set[str] = set()
-    for r in sorted((r for r in replicas if r not in skip), key=lambda r: (inflight.get(r, 0), r.worker)):
+    for r in sorted(idle or candidates, key=lambda r: (inflight.get(r, 0), r.worker)):
         if r.worker not in workers:
             chosen.append(r)
             workers.add(r.worker)

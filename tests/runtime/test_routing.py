@@ -65,3 +65,11 @@ def test_racers_are_on_distinct_workers():
     racers = choose_racers([a1, a2, b], {}, k=3)
     assert len(racers) == 2
     assert {r.worker for r in racers} == {"tcp://a", "tcp://b"}
+
+
+def test_racers_are_idle_replicas_while_any_is_idle():
+    a, b, c = (ReplicaRef("s", str(i), f"tcp://{w}") for i, w in enumerate("abc"))
+    assert choose_racers([a, b, c], {a: 1}, k=3) == [b, c]
+    assert choose_racers([a, b, c], {a: 1, b: 0, c: 2}, k=3) == [b]
+    assert choose_racers([a, b, c], {a: 2, b: 1, c: 1}, k=2) == [b, c]
+    assert choose_racers([a, b, c], {}, k=3, exclude=[b]) == [a, c]

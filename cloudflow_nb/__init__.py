@@ -36,6 +36,7 @@ __all__ = [
     "Dashboard",
     "Deployment",
     "DeploymentError",
+    "Endpoint",
     "Flow",
     "FlowError",
     "FlowTimeoutError",
@@ -58,6 +59,7 @@ __all__ = [
     "device",
     "explore",
     "optimize_until",
+    "serve",
 ]
 
 # The runtime and the notebook edge pull in distributed, ipywidgets and bokeh: load them on first use.
@@ -69,6 +71,8 @@ _LAZY = {
     "Dashboard": "cloudflow_nb.live",
     "dashboard": "cloudflow_nb.live",
     "PlanExplorer": "cloudflow_nb.widgets",
+    "Endpoint": "cloudflow_nb.endpoint",
+    "serve": "cloudflow_nb.endpoint",
     "explore": "cloudflow_nb.widgets",
 }
 

@@ -4,12 +4,20 @@ A :class:`Cluster` wraps a synchronous ``distributed.Client``. On first use of a
 registers cloudflow's scheduler plugin (the store directory) and worker plugin (store values and
 stage replicas; it also sets up workers that join later). Requests and store traffic then go from
 this process's own loop thread straight to the workers.
+
+Deployments scale with ``dep.scale`` and ``dep.autoscale``; when the autoscaler needs a worker it
+asks the cluster through Dask's own machinery: a ``LocalCluster`` adds a worker spec of the needed
+kind to its ``SpecCluster``, a connected client's ``.cluster`` is ``scale``-d when it has one. A
+scheduler plugin keeps Dask's adaptive scaling from retiring workers that host replicas.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import glob
 import html
+import itertools
 import logging
 import os
 from typing import TYPE_CHECKING, Any
@@ -18,7 +26,7 @@ import dask
 from distributed import Client, Nanny, Scheduler, SpecCluster, Worker
 
 from cloudflow_nb.errors import DeploymentError
-from cloudflow_nb.runtime.controller import list_workers
+from cloudflow_nb.runtime.controller import ReplicaGuard, WorkerScaler, list_workers
 from cloudflow_nb.runtime.deployment import DEFAULT_TIMEOUT, Deployment
 from cloudflow_nb.runtime.loop import LoopThread
 from cloudflow_nb.runtime.replica import CloudflowWorker
@@ -54,6 +62,7 @@ class Cluster:
         self._own_client = own_client
         self._deployments: list[Deployment] = []
         client.register_plugin(StoreDirectory())
+        client.register_plugin(ReplicaGuard())
         client.register_plugin(CloudflowWorker())
         self._loop = LoopThread(client.connection_args)
         self.scheduler_address: str = client.scheduler.address
@@ -74,6 +83,9 @@ class Cluster:
     def deploy(self, flow: Flow, optimize: bool | Optimize = True, timeout: float = DEFAULT_TIMEOUT) -> Deployment:
         """Optimize ``flow``, start warm replicas of each stage on suitable workers, and serve it.
 
+        The deployment's replicas then scale by hand (``dep.scale(stage, n)``) or with the load
+        (``dep.autoscale(...)``, which may add workers to this cluster and give them back).
+
         Parameters
         ----------
         flow : cf.Flow
@@ -84,9 +96,16 @@ class Cluster:
             The default deadline of each request, in seconds.
         """
         plan = flow.optimize(optimize)
-        dep = Deployment(flow, plan, self._loop, self.scheduler_address, self.store, timeout).start()
+        dep = Deployment(flow, plan, self._loop, self.scheduler_address, self.store, timeout, self._scaler()).start()
         self._deployments.append(dep)
         return dep
+
+    def _scaler(self) -> WorkerScaler:
+        """How the autoscaler adds workers: the client's ``.cluster.scale`` when it has one."""
+        cluster = getattr(self.client, "cluster", None)
+        if cluster is not None and callable(getattr(cluster, "scale", None)):
+            return ScaleScaler(self.client, cluster)
+        return WorkerScaler()
 
     def close(self) -> None:
         """Close the deployments made here, then what this object created (never a client it was given)."""
@@ -143,6 +162,9 @@ class LocalCluster(Cluster):
     compute_threads : int, optional
         ``OMP/MKL/OPENBLAS_NUM_THREADS`` in each worker process; default: cores / workers.
 
+    The autoscaler (``dep.autoscale``) may add workers of either kind, with the same options, and
+    give them back when they are idle.
+
     Examples
     --------
     >>> with cf.LocalCluster(workers=2, gpu_workers=1) as cluster:   # doctest: +SKIP
@@ -162,21 +184,16 @@ class LocalCluster(Cluster):
             raise DeploymentError(
                 f"LocalCluster: needs at least one worker (workers={workers!r}, gpu_workers={gpu_workers!r})"
             )
-        threads = compute_threads or max(1, (os.cpu_count() or 1) // (workers + gpu_workers))
-        devices = _cuda_devices()
-        specs = {}
-        for i in range(workers + gpu_workers):
-            gpu = i >= workers
-            env = dict.fromkeys(_THREAD_VARS, str(threads))
-            if gpu and devices:
-                env["CUDA_VISIBLE_DEVICES"] = devices[(i - workers) % len(devices)]
-            options: dict[str, Any] = {"nthreads": threads_per_worker, "host": "127.0.0.1"}
-            if gpu:
-                options["resources"] = {"GPU": 1}
-            if processes:
-                options.update(env=env, silence_logs=logging.ERROR)
-            name = f"gpu-{i - workers}" if gpu else f"cpu-{i}"
-            specs[name] = {"cls": Nanny if processes else Worker, "options": options}
+        self._spec = functools.partial(
+            _worker_spec,
+            compute_threads or max(1, (os.cpu_count() or 1) // (workers + gpu_workers)),
+            threads_per_worker,
+            processes,
+            _cuda_devices(),
+        )
+        specs = {f"cpu-{i}": self._spec(False, i) for i in range(workers)}
+        specs.update({f"gpu-{i}": self._spec(True, i) for i in range(gpu_workers)})
+        self._next = {False: itertools.count(workers), True: itertools.count(gpu_workers)}
         scheduler = {
             "cls": Scheduler,
             "options": {"host": "127.0.0.1", "port": 0, "dashboard": dashboard, "dashboard_address": ":0"},
@@ -194,12 +211,109 @@ class LocalCluster(Cluster):
             self.cluster.close()
             raise
 
+    def _scaler(self) -> WorkerScaler:
+        return SpecScaler(self)
+
     def close(self) -> None:
         """Close deployments, the client and the cluster."""
         try:
             super().close()
         finally:
             self.cluster.close()
+
+
+def _worker_spec(
+    threads: int, threads_per_worker: int, processes: bool, devices: list[str], gpu: bool, index: int
+) -> dict[str, Any]:
+    """A ``SpecCluster`` worker spec: a CPU worker, or the ``index``-th GPU-tagged one."""
+    options: dict[str, Any] = {"nthreads": threads_per_worker, "host": "127.0.0.1"}
+    if gpu:
+        options["resources"] = {"GPU": 1}
+    if processes:
+        env = dict.fromkeys(_THREAD_VARS, str(threads))
+        if gpu and devices:
+            env["CUDA_VISIBLE_DEVICES"] = devices[index % len(devices)]
+        options.update(env=env, silence_logs=logging.ERROR)
+    return {"cls": Nanny if processes else Worker, "options": options}
+
+
+class SpecScaler(WorkerScaler):
+    """Adds workers to a :class:`LocalCluster` as new ``SpecCluster`` worker specs of the needed
+    kind (the same options as the first ones) and gives them back by removing their spec."""
+
+    def __init__(self, cluster: LocalCluster) -> None:
+        self.cluster = cluster
+        self.names: dict[str, str] = {}  # address -> spec name, for the workers added here
+
+    async def add(self, gpu: bool) -> str:
+        spec = self.cluster.cluster
+        name = f"gpu-{next(self.cluster._next[True])}" if gpu else f"cpu-{next(self.cluster._next[False])}"
+        worker_spec = self.cluster._spec(gpu, int(name.split("-")[1]))
+
+        async def start() -> str:
+            spec.worker_spec[name] = worker_spec
+            await spec._correct_state()
+            worker = spec.workers[name]
+            return str(getattr(worker, "worker_address", None) or worker.address)
+
+        address = await asyncio.get_running_loop().run_in_executor(None, functools.partial(spec.sync, start))
+        self.names[address] = name
+        return f"{name} at {address}"
+
+    async def remove(self, address: str) -> None:
+        spec = self.cluster.cluster
+        name = self.names.pop(address)
+
+        async def stop() -> None:
+            spec.worker_spec.pop(name, None)
+            await spec._correct_state()
+
+        await asyncio.get_running_loop().run_in_executor(None, functools.partial(spec.sync, stop))
+
+    def added(self, address: str) -> bool:
+        return address in self.names
+
+
+class ScaleScaler(WorkerScaler):
+    """Scales a connected client's ``.cluster`` (any Dask deployment backend) by one worker.
+
+    Such a cluster starts workers of its own one kind: a GPU stage is only helped when that kind is
+    GPU-tagged. Workers that joined after a ``scale`` call here count as added.
+    """
+
+    START_TIMEOUT = 120.0
+
+    def __init__(self, client: Client, cluster: Any) -> None:
+        self.client = client
+        self.cluster = cluster
+        self.addresses: set[str] = set()
+
+    def _workers(self) -> set[str]:
+        return set(self.client.scheduler_info(n_workers=-1)["workers"])
+
+    async def add(self, gpu: bool) -> str:
+        if gpu:
+            raise DeploymentError(f"{type(self.cluster).__name__}.scale starts one kind of worker: no GPU-tagged one")
+
+        def grow() -> str:
+            before = self._workers()
+            self.cluster.scale(len(before) + 1)
+            self.client.wait_for_workers(len(before) + 1, timeout=self.START_TIMEOUT)
+            new = sorted(self._workers() - before)
+            self.addresses.update(new)
+            return ", ".join(new)
+
+        return await asyncio.get_running_loop().run_in_executor(None, grow)
+
+    async def remove(self, address: str) -> None:
+        def shrink() -> None:
+            self.cluster.scale(max(1, len(self._workers()) - 1))
+
+        await asyncio.get_running_loop().run_in_executor(None, shrink)
+        self.addresses.discard(address)
+
+    def added(self, address: str) -> bool:
+        return address in self.addresses
 
 
 def connect(target: str | Client) -> Cluster:

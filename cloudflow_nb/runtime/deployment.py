@@ -8,7 +8,8 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from cloudflow_nb.errors import DeploymentError, FlowError, FlowTimeoutError
-from cloudflow_nb.runtime.controller import Controller
+from cloudflow_nb.runtime.autoscale import Autoscale
+from cloudflow_nb.runtime.controller import Controller, WorkerScaler
 from cloudflow_nb.runtime.router import Router, stage_runtimes
 from cloudflow_nb.table import Table
 
@@ -29,24 +30,36 @@ class Deployment:
     """A flow deployed on a cluster: warm stage replicas on the workers and a router here.
 
     Made by ``cluster.deploy(flow)``. Requests go from the router straight to the replicas
-    (never through the scheduler); concurrent requests never mix.
+    (never through the scheduler); concurrent requests never mix. Replicas scale with
+    :meth:`scale` (by hand) or :meth:`autoscale` (from the load, adding cluster workers when
+    the ones there are full).
 
     Examples
     --------
     >>> with cluster.deploy(flow) as dep:               # doctest: +SKIP
     ...     dep.predict({"x": 1})
     ...     dep.submit([{"x": 1}, {"x": 2}]).result()
-    ...     dep.stats()["stages"]
+    ...     dep.autoscale(max_replicas=4, scale_down_after=60)
+    ...     dep.stats()["autoscale"]
     """
 
-    def __init__(self, flow: Flow, plan: Plan, loop: LoopThread, scheduler: str, store: Store, timeout: float) -> None:
+    def __init__(
+        self,
+        flow: Flow,
+        plan: Plan,
+        loop: LoopThread,
+        scheduler: str,
+        store: Store,
+        timeout: float,
+        scaler: WorkerScaler | None = None,
+    ) -> None:
         self.flow = flow
         self.plan = plan
         self.timeout = timeout
         self._loop = loop
         self._closed = False
         stages = stage_runtimes(plan)
-        self._controller = Controller(f"{plan.name}-{uuid.uuid4().hex[:8]}", loop.pool, scheduler, stages)
+        self._controller = Controller(f"{plan.name}-{uuid.uuid4().hex[:8]}", loop.pool, scheduler, stages, scaler)
         self._router = Router(plan, stages, loop.pool, store, self._controller)
 
     def start(self) -> Deployment:
@@ -64,8 +77,7 @@ class Deployment:
 
         The request is validated here: a bad one raises ``SchemaError`` before anything is sent.
         """
-        if self._closed:
-            raise DeploymentError(f"deployment {self.plan.name!r} is closed")
+        self._check_open()
         table = Table.from_request(request, self.flow.input_schema, where=f"flow {self.plan.name!r} request")
         return self._loop.submit(self._router.predict(table, self.timeout if timeout is None else timeout))
 
@@ -85,11 +97,68 @@ class Deployment:
         """``await dep.apredict(request)``: the same as :meth:`predict`, for asyncio code."""
         return await asyncio.wrap_future(self.submit(request, timeout))
 
+    # -- scaling --------------------------------------------------------------------------------
+
+    def autoscale(self, options: Autoscale | None = None, **kwargs: Any) -> Deployment:
+        """Scale replicas (and cluster workers) with the load, from now until :meth:`close`.
+
+        Every ``interval`` seconds a stage whose calls in flight per replica reach
+        ``target_inflight`` gains replicas (up to ``max_replicas``), built and warm before any call
+        reaches them, on a suitable worker with room (``replicas_per_worker`` per thread; GPU
+        stages on GPU-tagged workers; a competitive stage once per worker). When no worker has
+        room the cluster is asked for one more (a ``cf.LocalCluster`` starts it; a connected
+        cluster whose client has a scalable ``.cluster`` is scaled; otherwise the decision is
+        recorded). A stage idle for ``scale_down_after`` seconds loses one replica at a time, never
+        below ``min_replicas`` or its plan's replicas; added workers idle for
+        ``worker_idle_after`` seconds are given back. ``dep.stats()["autoscale"]`` shows replicas,
+        targets and the last decisions with their reasons. Call again to change the options;
+        :meth:`stop_autoscale` stops it.
+
+        Parameters
+        ----------
+        options : Autoscale, optional
+            The options; or pass them as keywords (``min_replicas``, ``max_replicas``,
+            ``target_inflight``, ``interval``, ``scale_down_after``, ``up_after``,
+            ``replicas_per_worker``, ``max_workers``, ``worker_idle_after``).
+        """
+        if options is not None and kwargs:
+            raise DeploymentError("autoscale: pass an Autoscale object or keywords, not both")
+        try:
+            opts = options if options is not None else Autoscale(**kwargs)
+        except (TypeError, ValueError) as exc:
+            raise DeploymentError(str(exc)) from None
+        self._check_open()
+        self._loop.run(_call(self._controller.start_autoscale, opts), timeout=10)
+        return self
+
+    def stop_autoscale(self) -> None:
+        """Stop autoscaling; replicas and workers stay as they are."""
+        if not self._closed:
+            self._loop.run(_call(self._controller.stop_autoscale), timeout=10)
+
+    def scale(self, stage: str, replicas: int) -> None:
+        """Run exactly ``replicas`` warm replicas of the remote stage named ``stage``.
+
+        New replicas are built before the router sends them calls; removed ones leave routing
+        first. Not below the stage's plan (``DeploymentError``). A running :meth:`autoscale`
+        keeps adjusting from there.
+        """
+        self._check_open()
+        try:
+            self._loop.run(self._controller.scale(stage, replicas), timeout=DEFAULT_TIMEOUT * 4)
+        except concurrent.futures.TimeoutError:
+            raise DeploymentError(f"scale {stage!r}: replicas did not start in time") from None
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise DeploymentError(f"deployment {self.plan.name!r} is closed")
+
     # -- inspection and lifecycle ---------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
         """Per-request and per-stage figures: counts, errors, retries, latency percentiles (ms),
-        batch sizes and where each replica runs."""
+        batch sizes and where each replica runs; under ``"autoscale"``, replicas and targets per
+        stage, workers added and removed and the autoscaler's last decisions."""
         return self._loop.run(self._stats(), timeout=10)
 
     async def _stats(self) -> dict[str, Any]:
@@ -107,7 +176,12 @@ class Deployment:
                 "locality": stage.locality,
                 "in_router": stage.in_router,
             }
-        return {"flow": self.plan.name, "requests": self._router.requests.summary(), "stages": stages}
+        return {
+            "flow": self.plan.name,
+            "requests": self._router.requests.summary(),
+            "stages": stages,
+            "autoscale": self._controller.autoscale_summary(),
+        }
 
     def close(self) -> None:
         """Stop the replicas (idempotent); later requests raise ``DeploymentError``."""
@@ -131,3 +205,8 @@ class Deployment:
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{len(self.plan.stages)} stages"
         return f"<cf.Deployment {self.plan.name!r}: {state}>"
+
+
+async def _call(fn: Any, *args: Any) -> None:
+    """Run a plain function on the deployment's loop."""
+    fn(*args)

@@ -15,13 +15,16 @@ from typing import Any, TypeVar
 
 from distributed.core import ConnectionPool
 
+from cloudflow_nb.runtime.fastpath import close_fast_pool
+
 __all__ = ["LoopThread"]
 
 T = TypeVar("T")
 
 
 class LoopThread:
-    """An asyncio loop on a daemon thread, with a Dask ``ConnectionPool`` living on it.
+    """An asyncio loop on a daemon thread, with a Dask ``ConnectionPool`` living on it (and the
+    :class:`~cloudflow_nb.runtime.fastpath.FastPool` beside it, closed with it).
 
     Parameters
     ----------
@@ -56,17 +59,21 @@ class LoopThread:
             future.cancel()
             raise
 
+    async def _close_pools(self) -> None:
+        close_fast_pool(self.pool)
+        await self.pool.close()
+
     @property
     def closed(self) -> bool:
         """Whether :meth:`close` ran."""
         return not self._thread.is_alive()
 
     def close(self) -> None:
-        """Close the pool, stop the loop and join the thread (idempotent)."""
+        """Close the pools, stop the loop and join the thread (idempotent)."""
         if self.closed:
             return
         try:
-            self.run(self.pool.close(), timeout=10)
+            self.run(self._close_pools(), timeout=10)
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(timeout=10)

@@ -7,7 +7,11 @@ workers that join later). It installs the store's handlers and these:
   here, once, in the replica's own thread) and ``cf_stop`` drops it;
 - ``cf_call`` runs one request's inputs through a replica, returning the output inline or keeping
   it on this worker as a reference; ``cf_fetch``/``cf_release`` serve and free those outputs;
-- ``cf_cancel`` drops queued calls of requests that no longer need them (race losers).
+- ``cf_cancel`` drops queued calls of requests that no longer need them (race losers);
+- ``cf_fast`` starts (once) a :class:`~cloudflow_nb.runtime.fastpath.FastServer` on the worker's
+  own event loop serving ``cf_call``, ``cf_cancel`` and ``cf_release``, and returns its port
+  (``None`` when the worker is not on ``tcp://``): routers send requests there, Dask comms stay
+  the control plane.
 
 User code runs in each replica's own thread, fed by a :class:`~cloudflow_nb.runtime.batcher.Batcher`
 queue. One exception saves two thread hops per call: a replica whose last ``INLINE_AFTER`` batches
@@ -25,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from distributed.comm.addressing import get_address_host
 from distributed.diagnostics.plugin import WorkerPlugin
 from distributed.protocol.serialize import to_serialize
 
@@ -33,6 +38,7 @@ from cloudflow_nb.physical import Batching
 from cloudflow_nb.plan import Node, StageInput
 from cloudflow_nb.runtime.batcher import Batcher, Run, WaitUntil
 from cloudflow_nb.runtime.device import gpu_device_name, using_device
+from cloudflow_nb.runtime.fastpath import FastServer
 from cloudflow_nb.runtime.local import LocalEngine
 from cloudflow_nb.runtime.store import WorkerStoreView, WorkerValues, store_key
 from cloudflow_nb.runtime.wire import INLINE_LIMIT, decode_table, encode_table, pack_error, table_nbytes
@@ -193,6 +199,10 @@ class CloudflowWorker(WorkerPlugin):
         self.replicas: dict[str, Replica] = {}
         self.results: dict[str, tuple[Table, float]] = {}
         self._last_sweep = time.monotonic()
+        self.fast = FastServer(
+            {"cf_call": self.call, "cf_cancel": self.cancel, "cf_release": self.release},
+            get_address_host(worker.address),
+        )
         worker.handlers.update(
             {
                 "cf_start": self.start,
@@ -201,10 +211,12 @@ class CloudflowWorker(WorkerPlugin):
                 "cf_fetch": self.fetch,
                 "cf_release": self.release,
                 "cf_cancel": self.cancel,
+                "cf_fast": self.fast_port,
             }
         )
 
     def teardown(self, worker: Worker) -> None:
+        self.fast.close()
         for replica in self.replicas.values():
             replica.close()
         self.replicas.clear()
@@ -221,6 +233,13 @@ class CloudflowWorker(WorkerPlugin):
             return {"status": "error", **pack_error(exc)}
         self.replicas[replica] = rep
         return {"status": "ok", "device": device}
+
+    async def fast_port(self) -> int | None:
+        """The port of this worker's fast request server (started on first use), or ``None``
+        when the worker is not on plain ``tcp://`` (TLS clusters keep requests on Dask comms)."""
+        if not self.worker.address.startswith("tcp://"):
+            return None
+        return await self.fast.start()
 
     def stop(self, replicas: list[str]) -> None:
         """Drop replicas (unknown ids are ignored)."""

@@ -1,7 +1,8 @@
 """The router: runs each request's stage graph from the client, calling replicas directly.
 
 For one request it starts every stage as soon as its inputs are ready, sends each call straight to
-a replica's worker over Dask comms (the scheduler never sees a request), and meets the results:
+a replica's worker (over its fast connection, :mod:`~cloudflow_nb.runtime.fastpath`, else Dask
+comms; the scheduler never sees a request), and meets the results:
 
 - a stage call goes to the least busy replica, or to the replica on the worker holding the store
   key of a locality stage; a competitive stage races replicas on distinct workers;
@@ -24,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from cloudflow_nb.errors import FlowError, FlowTimeoutError
 from cloudflow_nb.physical import SOURCE, Plan, Stage
 from cloudflow_nb.plan import AnyOf, Node, StageInput
+from cloudflow_nb.runtime.fastpath import fast_pool
 from cloudflow_nb.runtime.local import LocalEngine
 from cloudflow_nb.runtime.racing import AllLost, Race, Win
 from cloudflow_nb.runtime.routing import ReplicaRef, choose_racers, choose_replica
@@ -132,6 +134,7 @@ class Router:
         self.plan = plan
         self.stages = stages
         self.pool = pool
+        self.fast = fast_pool(pool)
         self.store = store
         self.controller = controller
         self.requests = Recorder()
@@ -302,7 +305,9 @@ class Router:
         remaining = max(0.0, deadline - asyncio.get_running_loop().time())
         srt.inflight[replica] = srt.inflight.get(replica, 0) + 1
         try:
-            reply = await self.pool(replica.worker).cf_call(
+            reply = await self.fast.call(
+                replica.worker,
+                "cf_call",
                 replica=replica.id,
                 request=rid,
                 inputs=[i.wire() for i in inputs],
@@ -349,7 +354,7 @@ class Router:
                     decision = race.lost(calls[call]) if result is LOST else race.answered(calls[call], result)
                     if isinstance(decision, Win):
                         for loser in decision.losers:
-                            self._spawn(self.pool(loser.worker).cf_cancel(replica=loser.id, requests=[rid]))
+                            self._spawn(self.fast.call(loser.worker, "cf_cancel", replica=loser.id, requests=[rid]))
                         for other in waiting:
                             other.add_done_callback(self._discard)
                         waiting = set()
@@ -387,7 +392,7 @@ class Router:
         for ref in refs:
             by_worker.setdefault(ref.worker, []).append(ref.key)
         for worker, keys in by_worker.items():
-            self._spawn(self.pool(worker).cf_release(keys=keys))
+            self._spawn(self.fast.call(worker, "cf_release", keys=keys))
 
     def _spawn(self, coro: Any) -> None:
         """Fire and forget (errors ignored: the worker may be gone)."""

@@ -1,0 +1,193 @@
+"""The fast request transport: framing, pipelined connections, fallback to Dask comms, and
+requests over it on the serving cluster (counted, never mixed, surviving dropped connections)."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import pickle
+import time
+from typing import Any
+
+import numpy as np
+import pytest
+from distributed.protocol.serialize import to_serialize
+
+import cloudflow_nb as cf
+from cloudflow_nb.runtime.fastpath import FastConnection, FastPool, FastServer, FrameReader, encode_frame
+
+# -- framing --------------------------------------------------------------------------------------
+
+
+def test_frames_round_trip_however_the_stream_is_cut() -> None:
+    messages = [(1, ("cf_call", {"x": 1})), (2, (True, {"rows": [[1, "a"]]})), (7, (False, ValueError("no")))]
+    stream = b"".join(encode_frame(rid, obj) for rid, obj in messages)
+    whole = FrameReader().feed(stream)
+    reader = FrameReader()
+    bytewise = [frame for i in range(len(stream)) for frame in reader.feed(stream[i : i + 1])]
+    for frames in (whole, bytewise):
+        assert [rid for rid, _ in frames] == [1, 2, 7]
+        decoded = [pickle.loads(payload) for _, payload in frames]
+        assert decoded[:2] == [obj for _, obj in messages[:2]]
+        assert isinstance(decoded[2][1], ValueError)
+    assert FrameReader().feed(stream[:5]) == []
+
+
+def test_serialized_values_arrive_unwrapped() -> None:
+    array = np.arange(5)
+    ((rid, payload),) = FrameReader().feed(encode_frame(3, {"rows": to_serialize([[array, (1, 2)]])}))
+    rows = pickle.loads(payload)["rows"]
+    assert rid == 3
+    assert rows[0][1] == (1, 2)
+    np.testing.assert_array_equal(rows[0][0], array)
+
+
+# -- connections without a cluster ----------------------------------------------------------------
+
+
+async def _echo(x: int, delay: float) -> int:
+    await asyncio.sleep(delay)
+    return x
+
+
+def _boom() -> None:
+    raise KeyError("boom")
+
+
+def _serve(coro_fn: Any) -> Any:
+    async def main() -> Any:
+        server = FastServer({"echo": _echo, "boom": _boom}, "127.0.0.1")
+        port = await server.start()
+        try:
+            return await coro_fn(server, port)
+        finally:
+            server.close()
+
+    return asyncio.run(main())
+
+
+def test_pipelined_requests_on_one_connection_never_mix() -> None:
+    async def check(server: FastServer, port: int) -> None:
+        _, conn = await asyncio.get_running_loop().create_connection(FastConnection, "127.0.0.1", port)
+        delays = [(i * 7 % 10) / 1000 for i in range(60)]
+        replies = await asyncio.gather(*(conn.request("echo", {"x": i, "delay": d}) for i, d in enumerate(delays)))
+        assert replies == list(range(60))
+        with pytest.raises(KeyError, match="boom"):
+            await conn.request("boom", {})
+        with pytest.raises(KeyError):
+            await conn.request("missing", {})
+        assert server.requests == 62
+        conn.close()
+
+    _serve(check)
+
+
+def test_a_dropped_connection_fails_its_waiting_calls_with_oserror() -> None:
+    async def check(server: FastServer, port: int) -> None:
+        _, conn = await asyncio.get_running_loop().create_connection(FastConnection, "127.0.0.1", port)
+        slow = asyncio.ensure_future(conn.request("echo", {"x": 1, "delay": 5}))
+        await asyncio.sleep(0.05)
+        server.close()
+        with pytest.raises(ConnectionResetError):
+            await slow
+        with pytest.raises(ConnectionResetError, match="closed"):
+            await conn.request("echo", {"x": 2, "delay": 0})
+
+    _serve(check)
+
+
+class _DaskPool:
+    """Stands in for a Dask ``ConnectionPool``: ``pool(worker).op(**kwargs)``."""
+
+    def __init__(self, port: int | None) -> None:
+        self.port = port
+        self.calls: list[str] = []
+
+    def __call__(self, worker: str) -> Any:
+        pool = self
+
+        class Rpc:
+            async def cf_fast(self) -> int | None:
+                if pool.port == -1:
+                    raise OSError("worker down")
+                return pool.port
+
+            async def echo(self, x: int, delay: float) -> int:
+                pool.calls.append("echo")
+                return -x
+
+        return Rpc()
+
+
+def test_pool_uses_the_fast_port_reconnects_and_falls_back() -> None:
+    async def check(server: FastServer, port: int) -> None:
+        dask = _DaskPool(port)
+        fast = FastPool(dask)  # type: ignore[arg-type]
+        worker = "tcp://127.0.0.1:1"
+        assert await asyncio.gather(*(fast.call(worker, "echo", x=i, delay=0) for i in range(10))) == list(range(10))
+        assert (fast.calls, fast.fallbacks, dask.calls) == (10, 0, [])
+        fast.drop(worker)
+        assert await fast.call(worker, "echo", x=5, delay=0) == 5  # a new connection
+        tls = "tls://127.0.0.1:1"
+        assert await fast.call(tls, "echo", x=5, delay=0) == -5  # TLS clusters stay on Dask comms
+        dask.port = None  # a worker without a fast port
+        assert await fast.call("tcp://127.0.0.1:2", "echo", x=6, delay=0) == -6
+        assert (fast.calls, fast.fallbacks) == (11, 2)
+        dask.port = -1  # unreachable over Dask comms too: the caller sees the OSError
+        with pytest.raises(OSError, match="worker down"):
+            await fast.call("tcp://127.0.0.1:3", "echo", x=7, delay=0)
+        fast.close()
+
+    _serve(check)
+
+
+# -- on the serving cluster -----------------------------------------------------------------------
+
+
+def triple(row):
+    return row["x"] * 3
+
+
+def slow_triple(row):
+    time.sleep(0.02)
+    return row["x"] * 3
+
+
+@pytest.mark.cluster
+def test_requests_go_over_the_fast_transport_and_never_mix(serving_cluster) -> None:
+    flow = cf.Flow("fast", x=int).map(triple, names={"y": int})
+    with serving_cluster.deploy(flow) as dep:
+        fast = dep._router.fast
+        before = fast.calls
+        futures = [dep.submit({"x": i}) for i in range(200)]
+        assert [f.result(60)[0]["y"] for f in futures] == [3 * i for i in range(200)]
+        assert fast.calls - before >= 200
+        assert all(not c.closed for c in fast._connections.values())
+
+
+@pytest.mark.cluster
+def test_dropped_fast_connections_lose_no_request(serving_cluster) -> None:
+    flow = cf.Flow("fastdrop", x=int).map(slow_triple, names={"y": int})
+    with serving_cluster.deploy(flow, optimize=False) as dep:
+        assert dep.predict({"x": 1})[0]["y"] == 3
+        fast = dep._router.fast
+        for round_ in range(2):
+            futures = [dep.submit({"x": i}) for i in range(30)]
+            time.sleep(0.05)
+            if round_ == 0:  # the router drops its side
+                dep._loop.run(_drop_all(fast), timeout=10)
+            else:  # the workers drop theirs (and listen again on a new port when asked)
+                serving_cluster.client.run(_close_fast_server)
+            concurrent.futures.wait(futures, 60)
+            assert [f.result()[0]["y"] for f in futures] == [3 * i for i in range(30)]
+        assert dep.stats()["stages"][dep.plan.stages[0].name]["retries"] >= 1
+        assert dep.predict({"x": 2})[0]["y"] == 6
+
+
+async def _drop_all(fast: FastPool) -> None:
+    for worker in list(fast._connections):
+        fast.drop(worker)
+
+
+def _close_fast_server(dask_worker: Any) -> None:
+    dask_worker.plugins["cloudflow"].fast.close()

@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench setup dot lint clean
+.PHONY: demo test bench setup dot chromium lint clean
 
 demo: setup
 	$(PY) -m cloudflow_nb.examples.demo
@@ -19,14 +19,14 @@ lint: setup
 	$(VENV)/bin/ruff check cloudflow_nb tests benchmarks
 	$(VENV)/bin/mypy
 
-setup: $(STAMP) dot
+setup: $(STAMP) dot chromium
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch 2.13.0 has a local CPU wheel on these machines; a bare "torch" would pull a CUDA build
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[test,examples,dev]"
+	$(PY) -m pip install -q -e ".[test,examples,dev,browser]"
 	touch $(STAMP)
 
 dot:
@@ -36,6 +36,16 @@ dot:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq graphviz >/dev/null; \
 	  else \
 	    echo "Graphviz 'dot' is missing: run 'sudo apt-get install graphviz' (graphs fall back to text until then)"; \
+	  fi; }
+
+# the browser test (tests/browser) drives Debian's Chromium with Playwright; never `playwright install`
+chromium:
+	@test -x /usr/bin/chromium || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Chromium (for tests/browser) with apt-get"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "Chromium is missing: run 'sudo apt-get install chromium' (tests/browser skips until then)"; \
 	  fi; }
 
 clean:

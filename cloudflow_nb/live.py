@@ -49,18 +49,23 @@ class Dashboard:
         self._thread: threading.Thread | None = None
         stats = deployment.stats()
         self.sources: dict[str, Any] = {"requests": ColumnDataSource({"t": [], "p50": [], "p99": [], "rate": []})}
-        stages = figure(title="stage latency p50 (ms)", height=260, width=420, x_axis_label="seconds")
+        # the row fits the notebook's output area: the stage figure takes the width the other two leave
+        stages = figure(
+            title="stage latency p50 (ms)", height=260, width=360, x_axis_label="seconds", sizing_mode="stretch_width"
+        )
         for i, name in enumerate(stats["stages"]):
             self.sources[name] = ColumnDataSource({"t": [], "p50": []})
             stages.line("t", "p50", source=self.sources[name], legend_label=name, color=PALETTE[i % len(PALETTE)])
-        stages.legend.location = "top_left"
-        stages.legend.label_text_font_size = "8pt"
-        latency = figure(title="request latency (ms)", height=260, width=320, x_axis_label="seconds")
+        latency = figure(title="request latency (ms)", height=260, width=280, x_axis_label="seconds")
         latency.line("t", "p50", source=self.sources["requests"], legend_label="p50", color=PALETTE[0])
         latency.line("t", "p99", source=self.sources["requests"], legend_label="p99", color=PALETTE[3])
-        rate = figure(title="throughput (requests/s)", height=260, width=320, x_axis_label="seconds")
+        for fig in (stages, latency):  # legends sit in the top-left corner and let the lines show through
+            fig.legend.location = "top_left"
+            fig.legend.label_text_font_size = "8pt"
+            fig.legend.background_fill_alpha = 0.5
+        rate = figure(title="throughput (requests/s)", height=260, width=280, x_axis_label="seconds")
         rate.line("t", "rate", source=self.sources["requests"], color=PALETTE[2])
-        self.layout = row(stages, latency, rate)
+        self.layout = row(stages, latency, rate, sizing_mode="stretch_width")
         self._widget: Any = None
 
     def refresh(self) -> dict[str, Any]:

@@ -20,6 +20,10 @@ if TYPE_CHECKING:
 __all__ = ["PlanExplorer", "explore", "widget_bundle"]
 
 
+# numeric controls show their whole option name (the default label width cuts "max_batch_size" short)
+_NUMBER_STYLE: dict[str, Any] = {"style": {"description_width": "initial"}, "layout": {"width": "auto"}}
+
+
 def explore(flow: Flow, options: Optimize | None = None) -> PlanExplorer:
     """An optimizer panel for ``flow``: option toggles, a pass selector, the plan and its reasons.
 
@@ -55,13 +59,16 @@ class PlanExplorer:
             if isinstance(value, bool):
                 control = w.Checkbox(value=value, description=field.name, indent=False)
             elif isinstance(value, int):
-                control = w.BoundedIntText(value=value, min=1, max=256, description=field.name)
+                control = w.BoundedIntText(value=value, min=1, max=256, description=field.name, **_NUMBER_STYLE)
             else:
-                control = w.BoundedFloatText(value=value, min=0.0, max=10_000.0, description=field.name)
+                control = w.BoundedFloatText(
+                    value=value, min=0.0, max=10_000.0, description=field.name, **_NUMBER_STYLE
+                )
             self.controls[field.name] = control
         self.controls["pass"] = w.Dropdown(options=list(PASSES), value=PASSES[-1], description="stop after")
-        self.graph = w.HTML()
-        self.text = w.HTML()
+        self.graph = w.HTML(layout=w.Layout(flex="0 0 auto"))
+        # the plan text keeps its line breaks and scrolls sideways instead of wrapping mid-word
+        self.text = w.HTML(layout=w.Layout(flex="1 1 auto", min_width="0", overflow="auto"))
         self.error = w.HTML()
         for control in self.controls.values():
             control.observe(self._update, names="value")
@@ -82,7 +89,7 @@ class PlanExplorer:
             self.error.value = f"<span style='color:#b00'>{html.escape(str(exc))}</span>"
             return
         self.error.value = ""
-        self.text.value = f"<pre style='font-size:11px'>{html.escape(self.plan.explain())}</pre>"
+        self.text.value = f"<pre style='font-size:11px; white-space:pre'>{html.escape(self.plan.explain())}</pre>"
         self.graph.value = _svg_or_hint(self.plan)
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:

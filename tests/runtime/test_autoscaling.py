@@ -7,6 +7,7 @@ on timings: the tests poll ``dep.stats()`` with generous deadlines.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -157,3 +158,14 @@ def test_downscaling_veto_and_manual_scale() -> None:
         wait_for("the other worker gone", lambda: [w.address for w in cluster.workers()] == [host])
         assert dep.predict({"x": 41})[0]["y"] == 42
         assert cluster.client.retire_workers(n=1) == {}
+        # connected by address, the client has no .cluster to scale: the autoscaler records that
+        with cf.connect(cluster.scheduler_address) as remote, remote.deploy(FLOW) as other:
+            other.autoscale(max_replicas=3, replicas_per_worker=1, up_after=1, interval=0.2)
+            with load(other):
+                wait_for("a failed worker request", lambda: other.stats()["autoscale"]["failures"])
+            auto = other.stats()["autoscale"]
+            assert auto["scaler"] == "WorkerScaler"
+            assert auto["workers_added"] == 0
+            reasons = [d["reason"] for d in auto["decisions"] if d["action"] == "failed"]
+            assert "no way to add workers" in reasons[0]
+            json.dumps(other.stats())

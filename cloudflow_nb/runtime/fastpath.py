@@ -52,38 +52,51 @@ class _Pickler(pickle.Pickler):
     dispatch_table = {Serialize: _unwrap}
 
 
-def encode_frame(rid: int, obj: Any) -> bytes:
+def encode_frame(rid: int, obj: Any) -> memoryview:
     """One frame: ``obj`` pickled (``to_serialize`` contents through Dask's pickler), with its id."""
     buf = io.BytesIO()
     buf.write(bytes(HEADER.size))
     _Pickler(buf, protocol=5).dump(obj)
     frame = buf.getbuffer()
     HEADER.pack_into(frame, 0, len(frame) - HEADER.size, rid)
-    del frame
-    return buf.getvalue()
+    return frame
 
 
 class FrameReader:
-    """Splits a byte stream into frames, however the stream was cut."""
+    """Splits a byte stream into frames, however the stream was cut (a frame split across reads
+    is filled into one buffer of its size: large frames cost one copy)."""
 
     def __init__(self) -> None:
-        self._buf = bytearray()
+        self._head = b""  # the start of a frame whose header is not complete yet
+        self._frame: bytearray | None = None  # a frame being filled, header included
+        self._filled = 0
 
-    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+    def feed(self, data: bytes) -> list[tuple[int, memoryview]]:
         """Add received bytes; the ``(request id, payload)`` of every frame now complete."""
-        buf = self._buf
-        buf += data
-        frames = []
+        if self._head:
+            data, self._head = self._head + data, b""
+        view = memoryview(data)
+        frames: list[tuple[int, memoryview]] = []
         pos = 0
-        while len(buf) - pos >= HEADER.size:
-            size, rid = HEADER.unpack_from(buf, pos)
+        if self._frame is not None:
+            pos = min(len(data), len(self._frame) - self._filled)
+            self._frame[self._filled : self._filled + pos] = view[:pos]
+            self._filled += pos
+            if self._filled < len(self._frame):
+                return frames
+            frame, self._frame = self._frame, None
+            frames.append((HEADER.unpack_from(frame)[1], memoryview(frame)[HEADER.size :]))
+        while len(data) - pos >= HEADER.size:
+            size, rid = HEADER.unpack_from(data, pos)
             end = pos + HEADER.size + size
-            if len(buf) < end:
-                break
-            frames.append((rid, bytes(buf[pos + HEADER.size : end])))
+            if end > len(data):
+                self._frame = bytearray(HEADER.size + size)
+                self._filled = len(data) - pos
+                self._frame[: self._filled] = view[pos:]
+                return frames
+            frames.append((rid, view[pos + HEADER.size : end]))
             pos = end
-        if pos:
-            del buf[:pos]
+        self._head = bytes(view[pos:])
         return frames
 
 
@@ -155,7 +168,7 @@ class _ServerConnection(asyncio.Protocol):
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _serve(self, rid: int, payload: bytes) -> None:
+    async def _serve(self, rid: int, payload: memoryview) -> None:
         try:
             op, kwargs = pickle.loads(payload)
             handler = self.server.handlers[op]

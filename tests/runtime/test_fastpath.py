@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import itertools
 import pickle
 import time
 from typing import Any
@@ -21,7 +22,7 @@ from cloudflow_nb.runtime.fastpath import FastConnection, FastPool, FastServer, 
 
 def test_frames_round_trip_however_the_stream_is_cut() -> None:
     messages = [(1, ("cf_call", {"x": 1})), (2, (True, {"rows": [[1, "a"]]})), (7, (False, ValueError("no")))]
-    stream = b"".join(encode_frame(rid, obj) for rid, obj in messages)
+    stream = b"".join(bytes(encode_frame(rid, obj)) for rid, obj in messages)
     whole = FrameReader().feed(stream)
     reader = FrameReader()
     bytewise = [frame for i in range(len(stream)) for frame in reader.feed(stream[i : i + 1])]
@@ -31,6 +32,18 @@ def test_frames_round_trip_however_the_stream_is_cut() -> None:
         assert decoded[:2] == [obj for _, obj in messages[:2]]
         assert isinstance(decoded[2][1], ValueError)
     assert FrameReader().feed(stream[:5]) == []
+
+
+def test_a_large_frame_cut_anywhere_arrives_whole() -> None:
+    blob = bytes(range(256)) * 4000
+    stream = bytes(encode_frame(1, blob)) + bytes(encode_frame(2, "next"))
+    for cuts in ([3, 40, 300_000], [16, 17, len(stream) - 30], [1_024_005]):
+        reader = FrameReader()
+        bounds = [0, *cuts, len(stream)]
+        frames = [f for a, b in itertools.pairwise(bounds) for f in reader.feed(stream[a:b])]
+        assert [rid for rid, _ in frames] == [1, 2]
+        assert pickle.loads(frames[0][1]) == blob
+        assert pickle.loads(frames[1][1]) == "next"
 
 
 def test_serialized_values_arrive_unwrapped() -> None:

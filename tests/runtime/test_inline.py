@@ -31,9 +31,13 @@ def test_cheap_stage_goes_inline_and_back(serving_cluster):
     with serving_cluster.deploy(flow, optimize=False) as dep:
         (stage,) = [s.name for s in dep.plan.stages]
         replicas = len(dep.stats()["stages"][stage]["replicas"])
-        for x in range(INLINE_AFTER * replicas + 10):
-            assert dep.predict({"x": x})[0]["y"] == 3 * x
-        assert max(_inline_streaks(serving_cluster, stage)) >= INLINE_AFTER
+        # a busy machine can stretch a no-op past the budget and restart a streak: keep going
+        rounds = 0
+        while max(_inline_streaks(serving_cluster, stage)) < INLINE_AFTER and rounds < 20:
+            rounds += 1
+            for x in range(INLINE_AFTER * replicas + 10):
+                assert dep.predict({"x": x})[0]["y"] == 3 * x
+        assert max(_inline_streaks(serving_cluster, stage)) >= INLINE_AFTER, f"no inline replica in {rounds} rounds"
         for _ in range(replicas):
             assert dep.predict({"x": -1})[0]["y"] == -3
         assert min(_inline_streaks(serving_cluster, stage)) < INLINE_AFTER

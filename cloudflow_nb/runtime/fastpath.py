@@ -272,6 +272,7 @@ class FastPool:
         self._connections: dict[str, FastConnection] = {}
         self._connecting: dict[str, asyncio.Task[FastConnection | None]] = {}
         self._failed: dict[str, float] = {}
+        self._closed = False
 
     async def call(self, worker: str, op: str, **kwargs: Any) -> Any:
         """``op(**kwargs)`` on ``worker``: over its fast connection when there is one, else over
@@ -299,8 +300,13 @@ class FastPool:
         task = self._connecting.get(worker)
         if task is None:
             task = self._connecting[worker] = asyncio.ensure_future(self._open(worker))
-            task.add_done_callback(lambda t: self._connecting.pop(worker, None))
+            task.add_done_callback(lambda t: self._opened(worker, t))
         return await asyncio.shield(task)
+
+    def _opened(self, worker: str, task: asyncio.Task[FastConnection | None]) -> None:
+        del self._connecting[worker]
+        if not task.cancelled() and task.exception() is None and self._closed:
+            self.drop(worker)  # it connected while the pool was closing
 
     async def _open(self, worker: str) -> FastConnection | None:
         loop = asyncio.get_running_loop()
@@ -330,6 +336,7 @@ class FastPool:
 
     def close(self) -> None:
         """Close every connection (run on the pool's loop)."""
+        self._closed = True
         for task in self._connecting.values():
             task.cancel()
         for worker in list(self._connections):

@@ -47,6 +47,7 @@ class Dashboard:
         self._last: tuple[float, int] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()  # streaming (refresh thread) vs serializing the figures (_resync)
         stats = deployment.stats()
         self.sources: dict[str, Any] = {"requests": ColumnDataSource({"t": [], "p50": [], "p99": [], "rate": []})}
         # the row fits the notebook's output area: the stage figure takes the width the other two leave
@@ -79,13 +80,17 @@ class Dashboard:
             rate = (count - self._last[1]) / (now - self._last[0])
         self._last = (now, count)
         req = stats["requests"]
+        with self._lock:
+            self._stream(stats, t, req, rate)
+        return stats
+
+    def _stream(self, stats: dict[str, Any], t: float, req: dict[str, Any], rate: float) -> None:
         self.sources["requests"].stream(
             {"t": [t], "p50": [req["p50_ms"] or 0.0], "p99": [req["p99_ms"] or 0.0], "rate": [rate]}, HISTORY
         )
         for name, stage in stats["stages"].items():
             if name in self.sources:
                 self.sources[name].stream({"t": [t], "p50": [stage["p50_ms"] or 0.0]}, HISTORY)
-        return stats
 
     def start(self) -> Dashboard:
         """Refresh every ``interval`` seconds in a background thread until :meth:`stop`."""
@@ -118,7 +123,17 @@ class Dashboard:
 
             _load_bokehjs()
             self._widget = BokehModel(self.layout)
+            # jupyter_bokeh applies streamed samples only to a view that has already rendered, so
+            # samples sent while the page was still drawing it (or before a later view) never show:
+            # count the views and send a new view the whole figure
+            self._widget._view_count = 0
+            self._widget.observe(self._resync, names="_view_count")
         return self._widget
+
+    def _resync(self, change: dict[str, Any]) -> None:
+        if (change["new"] or 0) > (change["old"] or 0):
+            with self._lock:
+                self._widget.update_from_model(self.layout)
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
         from cloudflow_nb.widgets import widget_bundle

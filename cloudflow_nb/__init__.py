@@ -31,6 +31,7 @@ from cloudflow_nb.table import Row, Schema, Table
 __version__ = "0.1.0"
 
 __all__ = [
+    "Autoscale",
     "Cluster",
     "Comparison",
     "Dashboard",
@@ -68,6 +69,7 @@ _LAZY = {
     "LocalCluster": "cloudflow_nb.runtime.cluster",
     "connect": "cloudflow_nb.runtime.cluster",
     "Deployment": "cloudflow_nb.runtime.deployment",
+    "Autoscale": "cloudflow_nb.runtime.autoscale",
     "Dashboard": "cloudflow_nb.live",
     "dashboard": "cloudflow_nb.live",
     "PlanExplorer": "cloudflow_nb.widgets",

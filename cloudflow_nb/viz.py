@@ -41,9 +41,9 @@ NODE_STYLE: dict[str, dict[str, str]] = {
     "filter": {"shape": "trapezium", "style": "filled", "fillcolor": "#fdf6e3"},
     "agg": {"shape": "box", "style": "filled", "fillcolor": "#eef7ee"},
     "lookup": {"shape": "cylinder", "style": "filled", "fillcolor": "#f3ecf8"},
-    "join": {"shape": "diamond", "style": "filled", "fillcolor": "#f7ecec"},
-    "union": {"shape": "diamond", "style": "filled", "fillcolor": "#f7ecec"},
-    "anyof": {"shape": "diamond", "style": "filled,dashed", "fillcolor": "#f7ecec"},
+    "join": {"shape": "hexagon", "style": "filled", "fillcolor": "#f7ecec"},
+    "union": {"shape": "hexagon", "style": "filled", "fillcolor": "#f7ecec"},
+    "anyof": {"shape": "hexagon", "style": "filled,dashed", "fillcolor": "#f7ecec"},
     "input": {"shape": "invhouse", "style": "filled", "fillcolor": "#e8eef7"},
 }
 
@@ -64,7 +64,18 @@ def _node_lines(node: Node) -> list[str]:
     elif isinstance(node, Lookup) and node.dynamic:
         title += " [dynamic]"
     name = node.label if not isinstance(node, (Union, AnyOf)) else ""
-    return [title, name, schema_delta(node)]
+    return [title, name, *wrap_columns(schema_delta(node))]
+
+
+def wrap_columns(text: str, width: int = 36) -> list[str]:
+    """``a: int, b: str, ...`` split into lines of about ``width`` characters, at column boundaries."""
+    lines: list[str] = []
+    for part in text.split(", "):
+        if lines and len(lines[-1]) + len(part) + 2 <= width:
+            lines[-1] += ", " + part
+        else:
+            lines.append(part)
+    return lines
 
 
 def logical_graph(root: Node, rankdir: str = "TB") -> graphviz.Digraph:
@@ -73,7 +84,9 @@ def logical_graph(root: Node, rankdir: str = "TB") -> graphviz.Digraph:
 
     ids = node_ids(root)
     source = next(n for n in walk(root) if isinstance(n, Source))
-    g = graphviz.Digraph(name=f"flow_{source.name}", graph_attr={"rankdir": rankdir, **FONT}, node_attr=FONT)
+    g = graphviz.Digraph(
+        name=f"flow_{source.name}", graph_attr={"rankdir": rankdir, **FONT}, node_attr=FONT, edge_attr=FONT
+    )
     for node in walk(root):
         g.node(ids[id(node)], label(*_node_lines(node)), **NODE_STYLE.get(node.kind, {}))
     for node in walk(root):

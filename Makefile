@@ -29,24 +29,23 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q -e ".[test,examples,dev,browser]"
 	touch $(STAMP)
 
-dot:
-	@command -v dot >/dev/null 2>&1 || { \
+# $(call apt_need,CHECK,PACKAGE,WITHOUT IT): install a Debian package when CHECK fails and we may
+define apt_need
+	@$(1) || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing Graphviz (dot) with apt-get"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq graphviz >/dev/null; \
+	    echo "installing $(2) with apt-get"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(2) >/dev/null; \
 	  else \
-	    echo "Graphviz 'dot' is missing: run 'sudo apt-get install graphviz' (graphs fall back to text until then)"; \
+	    echo "$(2) is missing: run 'sudo apt-get install $(2)' ($(3))"; \
 	  fi; }
+endef
+
+dot:
+	$(call apt_need,command -v dot >/dev/null 2>&1,graphviz,graphs fall back to text until then)
 
 # the browser test (tests/browser) drives Debian's Chromium with Playwright; never `playwright install`
 chromium:
-	@test -x /usr/bin/chromium || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing Chromium (for tests/browser) with apt-get"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
-	  else \
-	    echo "Chromium is missing: run 'sudo apt-get install chromium' (tests/browser skips until then)"; \
-	  fi; }
+	$(call apt_need,test -x /usr/bin/chromium,chromium,tests/browser skips until then)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

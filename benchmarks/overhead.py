@@ -11,34 +11,13 @@ Run: ``python benchmarks/overhead.py [--quick]`` (about a minute; ``--quick``: 3
 
 from __future__ import annotations
 
-import statistics
-import time
-from collections.abc import Callable
-
-from common import parse_args
+from common import parse_args, sequential, summary
 
 import cloudflow_nb as cf
 
 
 def noop(row):
     return row["x"]
-
-
-def measure(call: Callable[[int], object], n: int, warmup: int = 50) -> list[float]:
-    """Wall-clock seconds of ``n`` closed-loop calls after ``warmup`` untimed ones."""
-    for i in range(warmup):
-        call(i)
-    times = []
-    for i in range(n):
-        start = time.perf_counter()
-        call(i)
-        times.append(time.perf_counter() - start)
-    return times
-
-
-def p99(times: list[float]) -> float:
-    ordered = sorted(times)
-    return ordered[max(0, int(len(ordered) * 0.99) - 1)]
 
 
 def main() -> None:
@@ -50,26 +29,25 @@ def main() -> None:
     row = {"x": 1}
     results: dict[str, list[float]] = {}
     with cf.LocalCluster(workers=2, gpu_workers=0, dashboard=False) as cluster:
-        results["in-process call"] = measure(lambda i: noop(row), n * 10)
-        results["client.submit(f).result()"] = measure(
-            lambda i: cluster.client.submit(noop, {"x": i}, pure=False).result(), max(200, n // 5)
+        results["in-process call"] = sequential(lambda i: noop(row), n * 10, warmup=50)
+        results["client.submit(f).result()"] = sequential(
+            lambda i: cluster.client.submit(noop, {"x": i}, pure=False).result(), max(200, n // 5), warmup=50
         )
         with cluster.deploy(one) as dep:
-            results["deployed 1-stage no-op"] = measure(lambda i: dep.predict({"x": i}), n)
+            results["deployed 1-stage no-op"] = sequential(lambda i: dep.predict({"x": i}), n, warmup=50)
         with cluster.deploy(four, optimize=cf.Optimize(fusion=False)) as dep:
             assert len(dep.plan.stages) == 4
-            results["deployed 4-stage (unfused)"] = measure(lambda i: dep.predict({"x": i}), n)
+            results["deployed 4-stage (unfused)"] = sequential(lambda i: dep.predict({"x": i}), n, warmup=50)
 
-    raw = statistics.median(results["client.submit(f).result()"])
-    local = statistics.median(results["in-process call"])
+    stats = {name: summary(times) for name, times in results.items()}
+    raw = stats["client.submit(f).result()"]["median"]
+    local = stats["in-process call"]["median"]
     print(f"{'case':<30} {'median ms':>10} {'p99 ms':>10} {'x submit':>10} {'+ms vs call':>12}")
-    for name, times in results.items():
-        med = statistics.median(times)
-        print(
-            f"{name:<30} {med * 1e3:>10.3f} {p99(times) * 1e3:>10.3f} {med / raw:>10.3f} {(med - local) * 1e3:>12.3f}"
-        )
-    noop_med = statistics.median(results["deployed 1-stage no-op"])
-    ratio, added = noop_med / raw, (noop_med - local) * 1e3
+    for name, st in stats.items():
+        med = st["median"]
+        print(f"{name:<30} {med:>10.3f} {st['p99']:>10.3f} {med / raw:>10.3f} {med - local:>12.3f}")
+    noop_med = stats["deployed 1-stage no-op"]["median"]
+    ratio, added = noop_med / raw, noop_med - local
     print()
     print(
         f"deployed no-op / raw submit (median): {ratio:.3f}x (target <= 0.15x): {'met' if ratio <= 0.15 else 'MISSED'}"

@@ -269,15 +269,21 @@ class FastPool:
         self.pool = pool
         self.calls = 0  # calls answered over fast connections
         self.fallbacks = 0  # calls that went over Dask comms instead
+        self.bulky = 0  # calls sent over Dask comms for their size
         self._connections: dict[str, FastConnection] = {}
         self._connecting: dict[str, asyncio.Task[FastConnection | None]] = {}
         self._failed: dict[str, float] = {}
         self._closed = False
 
-    async def call(self, worker: str, op: str, **kwargs: Any) -> Any:
+    async def call(self, worker: str, op: str, bulky: bool = False, **kwargs: Any) -> Any:
         """``op(**kwargs)`` on ``worker``: over its fast connection when there is one, else over
-        Dask comms. A connection lost mid-call raises ``ConnectionResetError`` (an ``OSError``,
-        like a broken Dask comm); the next call reconnects."""
+        Dask comms. ``bulky`` calls (megabytes of arrays) take Dask comms, whose out-of-band
+        buffers skip the copies a pickled frame makes. A connection lost mid-call raises
+        ``ConnectionResetError`` (an ``OSError``, like a broken Dask comm); the next call
+        reconnects."""
+        if bulky:
+            self.bulky += 1
+            return await getattr(self.pool(worker), op)(**kwargs)
         conn = self._connections.get(worker)
         if conn is None or conn.closed:
             conn = await self._connect(worker)

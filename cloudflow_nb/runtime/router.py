@@ -30,7 +30,7 @@ from cloudflow_nb.runtime.local import LocalEngine
 from cloudflow_nb.runtime.racing import AllLost, Race, Win
 from cloudflow_nb.runtime.routing import ReplicaRef, choose_racers, choose_replica
 from cloudflow_nb.runtime.stats import Recorder
-from cloudflow_nb.runtime.wire import Ref, decode_table, encode_table, unpack_error
+from cloudflow_nb.runtime.wire import Ref, decode_table, encode_table, table_nbytes, unpack_error
 from cloudflow_nb.table import Table
 from cloudflow_nb.traversal import rewrite, walk
 
@@ -43,6 +43,9 @@ if TYPE_CHECKING:
 __all__ = ["Output", "Router", "StageRuntime", "stage_runtimes"]
 
 MAX_ATTEMPTS = 3
+# bytes: a call moving more inline data than this goes over Dask comms, whose out-of-band buffers
+# beat the fast path's pickled frames for arrays of megabytes
+BULKY = 1 << 20
 
 
 @dataclass
@@ -83,6 +86,7 @@ class StageRuntime:
     stats: Recorder = field(default_factory=Recorder)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     turn: int = 0
+    bulky: bool = False  # its last inline output was over BULKY bytes
 
     def add(self, replica: ReplicaRef, device: str) -> None:
         """A new live replica."""
@@ -305,9 +309,11 @@ class Router:
         remaining = max(0.0, deadline - asyncio.get_running_loop().time())
         srt.inflight[replica] = srt.inflight.get(replica, 0) + 1
         try:
+            bulky = srt.bulky or any(i.table is not None and table_nbytes(i.table) > BULKY for i in inputs)
             reply = await self.fast.call(
                 replica.worker,
                 "cf_call",
+                bulky=bulky,
                 replica=replica.id,
                 request=rid,
                 inputs=[i.wire() for i in inputs],
@@ -331,6 +337,8 @@ class Router:
         if status == "ok":
             ref = Ref(*reply["ref"]) if "ref" in reply else None
             table = decode_table(srt.stage.program.schema, reply["rows"]) if "rows" in reply else None
+            if table is not None:  # a stage that answers megabytes keeps its calls on Dask comms
+                srt.bulky = table_nbytes(table) > BULKY
             return Output(table, ref, reply.get("peek") or {}), reply["batch"]
         if status == "error":
             return unpack_error(reply), reply["batch"]

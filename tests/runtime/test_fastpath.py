@@ -178,6 +178,27 @@ def test_requests_go_over_the_fast_transport_and_never_mix(serving_cluster) -> N
         assert all(not c.closed for c in fast._connections.values())
 
 
+def widen(row):
+    return np.concatenate([row["a"], row["a"]])
+
+
+@pytest.mark.cluster
+def test_megabyte_calls_take_dask_comms_then_return_to_the_fast_path(serving_cluster) -> None:
+    flow = cf.Flow("bulky", a=np.ndarray).map(widen, names={"b": np.ndarray})
+    with serving_cluster.deploy(flow) as dep:
+        fast = dep._router.fast
+        big = np.arange(200_000, dtype=np.float64)  # 1.6 MB in, 3.2 MB out
+        before = fast.bulky
+        assert np.array_equal(dep.predict({"a": big})[0]["b"], np.concatenate([big, big]))
+        assert fast.bulky == before + 1
+        small = np.arange(4.0)
+        assert list(dep.predict({"a": small})[0]["b"]) == [0, 1, 2, 3, 0, 1, 2, 3]
+        assert fast.bulky == before + 2, "the stage's last output was megabytes: Dask comms again"
+        calls = fast.calls
+        assert list(dep.predict({"a": small})[0]["b"]) == [0, 1, 2, 3, 0, 1, 2, 3]
+        assert (fast.bulky, fast.calls) == (before + 2, calls + 1), "small again: back on the fast path"
+
+
 @pytest.mark.cluster
 def test_dropped_fast_connections_lose_no_request(serving_cluster) -> None:
     flow = cf.Flow("fastdrop", x=int).map(slow_triple, names={"y": int})

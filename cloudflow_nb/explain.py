@@ -122,7 +122,8 @@ def stage_traits(stage: Stage) -> list[str]:
     elif stage.replicas != 1:
         out.append(f"replicas={stage.replicas}")
     if stage.batching:
-        out.append(f"batch<={stage.batching.max_batch_size}/{stage.batching.max_batch_wait_ms:g}ms")
+        wait = stage.batching.max_batch_wait_ms
+        out.append(f"batch<={stage.batching.max_batch_size}" + (f"/{wait:g}ms" if wait else ""))
     if stage.locality:
         out.append(f"near store[{stage.locality}]")
     return out

@@ -26,7 +26,7 @@ class Batching:
     """How a stage's replicas batch concurrent requests."""
 
     max_batch_size: int = 16
-    max_batch_wait_ms: float = 2.0
+    max_batch_wait_ms: float = 0.0
 
 
 @dataclass(frozen=True)

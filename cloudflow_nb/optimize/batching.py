@@ -39,5 +39,6 @@ def _batch(stage: Stage, maps: list[Map], options: Optimize) -> tuple[Stage, Dec
         why = f"declined: {single[0].title} takes one row at a time (every map of a stage must batch)"
         return stage, Decision(RULE, stage.name, False, why)
     policy = Batching(options.max_batch_size, options.max_batch_wait_ms)
-    why = f"up to {policy.max_batch_size} requests per call, waiting at most {policy.max_batch_wait_ms:g} ms"
+    wait = f"waiting at most {policy.max_batch_wait_ms:g} ms" if policy.max_batch_wait_ms else "what queued meanwhile"
+    why = f"up to {policy.max_batch_size} requests per call, {wait}"
     return stage.with_(batching=policy), Decision(RULE, stage.name, True, why)

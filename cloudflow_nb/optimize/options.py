@@ -24,7 +24,9 @@ class Optimize:
     batching : bool
         Batch concurrent requests for operators marked ``batching``.
     max_batch_size, max_batch_wait_ms
-        A replica's batch: at most this many rows, collected for at most this long.
+        A replica's batch: at most this many requests; an idle replica holds its first request at
+        most this long for more to arrive. The default 0 never waits: a batch is what queued while
+        the previous one ran, so light load keeps its latency and heavy load still batches.
     gpu : bool
         Place stages with GPU operators on GPU-tagged workers.
     locality : bool
@@ -43,7 +45,7 @@ class Optimize:
     compete: int = 2
     batching: bool = True
     max_batch_size: int = 16
-    max_batch_wait_ms: float = 2.0
+    max_batch_wait_ms: float = 0.0
     gpu: bool = True
     locality: bool = True
 

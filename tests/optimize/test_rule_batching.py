@@ -25,8 +25,8 @@ def test_a_batching_map_gets_the_batch_policy_from_the_options():
 
 def test_filters_do_not_stop_a_fused_stage_from_batching():
     plan = batched(flows.video())
-    assert plan.stage("is_person-people").batching == Batching(16, 2.0)
-    assert plan.stage("is_car-cars").batching == Batching(16, 2.0)
+    assert plan.stage("is_person-people").batching == Batching(16, 0.0)
+    assert plan.stage("is_car-cars").batching == Batching(16, 0.0)
 
 
 def test_a_fused_stage_with_a_row_at_a_time_map_declines():

@@ -16,14 +16,16 @@ def _percentiles(ms: list[float]) -> str:
     return f"p50 {np.percentile(ms, 50):6.2f} ms, p99 {np.percentile(ms, 99):6.2f} ms"
 
 
-def _serve(dep: cf.Deployment, images: np.ndarray) -> tuple[list[float], list[cf.Row]]:
-    """Closed-loop requests, one image each: per-request latency and the answers."""
-    latencies, rows = [], []
+def _serve_side_by_side(deps: dict[str, cf.Deployment], images: np.ndarray) -> dict[str, tuple[list, list]]:
+    """Closed-loop requests, one image each, alternating between deployments: latencies and rows."""
+    out: dict[str, tuple[list, list]] = {name: ([], []) for name in deps}
     for image in images:
-        start = time.perf_counter()
-        rows.append(dep.predict({"image": image})[0])
-        latencies.append((time.perf_counter() - start) * 1e3)
-    return latencies, rows
+        for name, dep in deps.items():
+            start = time.perf_counter()
+            row = dep.predict({"image": image})[0]
+            out[name][0].append((time.perf_counter() - start) * 1e3)
+            out[name][1].append(row)
+    return out
 
 
 def _throughput(dep: cf.Deployment, images: np.ndarray, clients: int = 16) -> float:
@@ -54,28 +56,34 @@ def main(requests: int = 200) -> None:
     local = [flow.run({"image": x})[0]["answer"] for x in images]
     print(f"\nlocal engine: accuracy {np.mean(np.array(local) == labels):.1%} on {requests} held-out digits")
 
+    variants = {"unoptimized": False, "optimized": cf.Optimize(), "whole-flow fused": cf.Optimize(whole=True)}
     with cf.LocalCluster(workers=2, gpu_workers=1) as cluster:
-        print(f"\n{cluster!r}")
-        for title, options in (("unoptimized", False), ("optimized", cf.Optimize())):
-            with cluster.deploy(flow, optimize=options) as dep:
-                _serve(dep, images[:20])  # warm up
-                latencies, rows = _serve(dep, images)
-                rate = _throughput(dep, images)
-                accuracy = np.mean(np.array([r["answer"] for r in rows]) == labels)
-                sent = sum(r["model"] == "cnn" for r in rows)
+        print(f"\n{cluster!r}: requests alternate between the deployments, so they share the same load")
+        deps = {title: cluster.deploy(flow, optimize=options) for title, options in variants.items()}
+        _serve_side_by_side(deps, images[:20])  # warm up
+        served = _serve_side_by_side(deps, images)
+        base = np.percentile(served["unoptimized"][0], 50)
+        for title, dep in deps.items():
+            latencies, rows = served[title]
+            rate = _throughput(dep, images)
+            accuracy = np.mean(np.array([r["answer"] for r in rows]) == labels)
+            sent = sum(r["model"] == "cnn" for r in rows)
+            print(
+                f"\n{title}: {len(dep.plan.stages)} stages, accuracy {accuracy:.1%}, "
+                f"{sent} of {requests} sent to the CNN"
+            )
+            print(
+                f"  latency {_percentiles(latencies)} ({np.percentile(latencies, 50) / base:.2f}x unoptimized); "
+                f"{rate:.0f} requests/s with 16 in flight"
+            )
+            for name, s in dep.stats()["stages"].items():
+                where = ", ".join(sorted({r["worker"].split(":")[-1] + "/" + r["device"] for r in s["replicas"]}))
+                batch = f", mean batch {s['mean_batch']}" if s["batching"] else ""
                 print(
-                    f"\n{title}: {len(dep.plan.stages)} stages, accuracy {accuracy:.1%}, "
-                    f"{sent} of {requests} sent to the CNN"
+                    f"  stage {name:<32} calls {s['count']:>5}  p50 {s['p50_ms'] or 0:6.2f} ms{batch}"
+                    f"  [{'gpu' if s['gpu'] else 'cpu'} on port {where}]"
                 )
-                print(f"  latency {_percentiles(latencies)}; {rate:.0f} requests/s with 16 in flight")
-                stats = dep.stats()
-                for name, s in stats["stages"].items():
-                    where = ", ".join(sorted({r["worker"].split(":")[-1] + "/" + r["device"] for r in s["replicas"]}))
-                    batch = f", mean batch {s['mean_batch']}" if s["batching"] else ""
-                    print(
-                        f"  stage {name:<32} calls {s['count']:>5}  p50 {s['p50_ms'] or 0:6.2f} ms{batch}"
-                        f"  [{'gpu' if s['gpu'] else 'cpu'} on port {where}]"
-                    )
+            dep.close()
         print("\nfirst answers:", [int(r["answer"]) for r in rows[:10]], "true:", labels[:10].tolist())
 
 

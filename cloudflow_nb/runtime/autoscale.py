@@ -146,6 +146,8 @@ class WorkerLoad:
 
 @dataclass(frozen=True)
 class AddReplica:
+    """Start one more warm replica of ``stage`` on ``worker``."""
+
     stage: str
     worker: str
     reason: str
@@ -153,6 +155,8 @@ class AddReplica:
 
 @dataclass(frozen=True)
 class RemoveReplica:
+    """Take ``replica`` of ``stage`` out of routing, then stop it."""
+
     stage: str
     replica: str
     worker: str
@@ -161,6 +165,8 @@ class RemoveReplica:
 
 @dataclass(frozen=True)
 class AddWorker:
+    """Ask the cluster for one more worker (GPU-tagged when ``gpu``) for ``stage``."""
+
     gpu: bool
     stage: str
     reason: str
@@ -168,6 +174,8 @@ class AddWorker:
 
 @dataclass(frozen=True)
 class RemoveWorker:
+    """Give back a worker the autoscaler added, now hosting nothing."""
+
     address: str
     reason: str
 

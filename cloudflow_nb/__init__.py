@@ -20,6 +20,7 @@ from cloudflow_nb.errors import (
     MissingKeyError,
     OperatorError,
     OptimizerError,
+    OverloadError,
     SchemaError,
 )
 from cloudflow_nb.flow import Flow, GroupedFlow
@@ -47,6 +48,7 @@ __all__ = [
     "OperatorError",
     "Optimize",
     "OptimizerError",
+    "OverloadError",
     "Plan",
     "PlanExplorer",
     "Row",

@@ -9,6 +9,7 @@ __all__ = [
     "MissingKeyError",
     "OperatorError",
     "OptimizerError",
+    "OverloadError",
     "SchemaError",
 ]
 
@@ -52,3 +53,23 @@ class DeploymentError(FlowError):
 
 class FlowTimeoutError(FlowError, TimeoutError):
     """A request did not finish before its deadline."""
+
+
+class OverloadError(FlowError):
+    """A request was refused at once because a stage had no room for it (HTTP 429).
+
+    Attributes
+    ----------
+    stage : str
+        The stage that refused it.
+    retry_after : float
+        Seconds after which a retry is likely to be admitted.
+    """
+
+    def __init__(self, message: str, stage: str = "", retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.stage = stage
+        self.retry_after = retry_after
+
+    def __reduce__(self):  # keep the attributes across pickling (worker -> client)
+        return (type(self), (self.args[0], self.stage, self.retry_after))

@@ -203,11 +203,12 @@ class Controller:
             workers = await list_workers(self.pool, self.scheduler)
             alive = {w.address for w in workers}
             for srt in self.stages.values():
-                for replica in [r for r in srt.replicas if r.worker not in alive]:
+                for replica in [r for r in (*srt.replicas, *srt.draining) if r.worker not in alive]:
                     srt.remove(replica)
-            load: dict[str, int] = {}
+                    self.health.forget(replica.id)
+            load: dict[str, int] = {}  # a draining replica still occupies its worker
             for srt in self.stages.values():
-                for r in srt.replicas:
+                for r in (*srt.replicas, *srt.draining):
                     load[r.worker] = load.get(r.worker, 0) + 1
             if strict and not workers:
                 raise DeploymentError(f"deploy {self.name!r}: the cluster has no workers")

@@ -122,9 +122,9 @@ class StageRuntime:
 
     def remove(self, replica: ReplicaRef) -> None:
         """A replica is gone (calls still in flight on it keep counting until they end)."""
-        if replica in self.devices:
+        if replica in self.replicas:
             self.replicas.remove(replica)
-            del self.devices[replica]
+        self.devices.pop(replica, None)
         self.draining.discard(replica)
         if not self.inflight.get(replica):
             self.inflight.pop(replica, None)

@@ -1,22 +1,25 @@
 """Admission control as pure functions: which replicas have room, and when to come back.
 
 Every replica takes at most ``limit`` calls at once (running or queued behind the running one).
-The router admits a call only to a replica with room and refuses the request at once, with an
-:class:`~cloudflow_nb.errors.OverloadError`, when no replica has any: under overload a stage keeps
-working at its capacity on requests that can still meet their deadlines, instead of queueing
-everything until it expires. The worker checks the same limit again (several routers may share a
-replica), and never starts a call whose deadline has passed.
+The router sends a call only to a replica with room; other calls wait in the stage's bounded
+queue. A request is refused at once, with an :class:`~cloudflow_nb.errors.OverloadError`, when
+that queue is full or when the stage could not reach it before its deadline: by Little's law the
+stage frees one of its ``replicas * limit`` slots every ``latency / (replicas * limit)`` seconds,
+so the n-th call in the queue waits about ``n`` times that. Under overload a stage so keeps working
+at its capacity on requests that can still meet their deadlines, instead of queueing everything
+until it expires. The worker checks the limit again (several routers may share a replica) and
+never starts a call that cannot finish before its deadline.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import TypeVar
 
 from cloudflow_nb.physical import Stage
 
-__all__ = ["DEFAULT_LIMIT", "default_limit", "retry_after", "with_room"]
+__all__ = ["DEFAULT_LIMIT", "Ewma", "default_limit", "expected_wait", "retry_after", "with_room"]
 
 R = TypeVar("R")
 
@@ -51,20 +54,48 @@ def with_room(replicas: Iterable[R], inflight: Mapping[R, int], limit: int) -> l
     return [r for r in replicas if inflight.get(r, 0) < limit]
 
 
-def retry_after(latencies: Sequence[float], replicas: int, limit: int) -> float:
-    """Seconds after which a refused request is likely to be admitted: the time the stage needs
-    to work off one full queue per replica, from its recent median call latency (at least 1 s,
-    rounded up to whole seconds as HTTP's ``Retry-After`` wants them).
+def expected_wait(position: int, latency: float, slots: int) -> float:
+    """Seconds the call at ``position`` (0: the head) of a stage's queue waits for a slot, when
+    calls take ``latency`` seconds and the stage has ``slots`` (replicas x limit) of them.
 
     Examples
     --------
-    >>> retry_after([0.5, 0.5, 0.7], replicas=1, limit=4)
-    2.0
-    >>> retry_after([], replicas=1, limit=4)
+    >>> expected_wait(0, latency=0.2, slots=4)  # one 50 ms stage replica holding 4 calls
+    0.05
+    >>> expected_wait(99, latency=0.2, slots=4)
+    5.0
+    """
+    return (position + 1) * latency / max(1, slots)
+
+
+def retry_after(queued: int, latency: float, slots: int) -> float:
+    """Seconds after which a refused request is likely to be admitted: the time the stage needs to
+    work off its queue (at least 1 s, rounded up to whole seconds as HTTP's ``Retry-After`` wants).
+
+    Examples
+    --------
+    >>> retry_after(100, latency=0.2, slots=4)
+    6.0
+    >>> retry_after(0, latency=0.0, slots=4)
     1.0
     """
-    if not latencies:
-        return 1.0
-    ordered = sorted(latencies)
-    median = ordered[len(ordered) // 2]
-    return float(max(1, math.ceil(median * limit / max(1, replicas) - 1e-9)))
+    return float(max(1, math.ceil(expected_wait(queued, latency, slots) - 1e-9)))
+
+
+class Ewma:
+    """An exponentially weighted moving average of durations (0 until the first one).
+
+    Examples
+    --------
+    >>> e = Ewma(weight=0.5)
+    >>> e.add(1.0); e.add(3.0); e.value
+    2.0
+    """
+
+    def __init__(self, weight: float = 0.2) -> None:
+        self.weight = weight
+        self.value = 0.0
+
+    def add(self, seconds: float) -> None:
+        """One more duration."""
+        self.value = seconds if not self.value else self.value + self.weight * (seconds - self.value)

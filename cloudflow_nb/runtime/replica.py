@@ -22,8 +22,8 @@ each took under ``INLINE_BUDGET`` (a filter, a lookup, a cheap transform) runs i
 worker's event loop, and goes back to its thread the first time a batch takes longer.
 
 Admission: a replica holds at most ``StageSpec.max_inflight`` calls (running and queued); one more
-is refused at once (``"overload"``), a call whose deadline has passed is never started
-(``"expired"``), and a queued call that expires is dropped, not run.
+is refused at once (``"overload"``), and a call that cannot finish before its deadline (by the
+replica's average batch time) is never started (``"expired"``).
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from distributed.protocol.serialize import to_serialize
 from cloudflow_nb.errors import FlowError
 from cloudflow_nb.physical import Batching
 from cloudflow_nb.plan import Node, StageInput
+from cloudflow_nb.runtime.admission import Ewma
 from cloudflow_nb.runtime.batcher import Batcher, Run, WaitUntil
 from cloudflow_nb.runtime.device import gpu_device_name, using_device
 from cloudflow_nb.runtime.fastpath import FastServer
@@ -117,6 +118,7 @@ class Replica:
         self._cancelled: dict[str, float] = {}  # request -> when it was cancelled (oldest first)
         self.active = 0  # calls held: running or queued
         self._batch_started: float | None = None  # loop time the running batch started
+        self.batch_time = Ewma()  # seconds a batch takes
         self._draining = False
 
     async def start(self) -> None:
@@ -182,7 +184,8 @@ class Replica:
         loop = asyncio.get_running_loop()
         now = loop.time()
         self._drop(lambda c: c.future.done())
-        self._drop(lambda c: c.deadline <= now, EXPIRED)
+        late = now + self.batch_time.value
+        self._drop(lambda c: c.deadline <= late, EXPIRED)
         action = self.batcher.poll(now)
         if isinstance(action, Run):
             self._batch_started = now
@@ -217,7 +220,9 @@ class Replica:
                 error = FlowError(f"stage {self.spec.name!r} failed: {type(exc).__name__}: {exc}")
                 error.__cause__ = exc
                 outcomes = [error] * len(items)
-        cheap = time.perf_counter() - start < INLINE_BUDGET
+        took = time.perf_counter() - start
+        self.batch_time.add(took)
+        cheap = took < INLINE_BUDGET
         self._cheap_runs = self._cheap_runs + 1 if cheap else 0
         return outcomes
 

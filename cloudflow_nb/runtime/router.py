@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from cloudflow_nb.errors import FlowError, FlowTimeoutError, OverloadError
 from cloudflow_nb.physical import SOURCE, Plan, Stage
 from cloudflow_nb.plan import AnyOf, Node, StageInput
-from cloudflow_nb.runtime.admission import default_limit, retry_after, with_room
+from cloudflow_nb.runtime.admission import Ewma, default_limit, expected_wait, retry_after, with_room
 from cloudflow_nb.runtime.comm import worker_gone
 from cloudflow_nb.runtime.fastpath import fast_pool
 from cloudflow_nb.runtime.local import LocalEngine
@@ -53,7 +53,6 @@ if TYPE_CHECKING:
 __all__ = ["Output", "Router", "StageRuntime", "stage_runtimes"]
 
 MAX_ATTEMPTS = 3
-RECENT = 200  # call latencies a stage's Retry-After estimate is taken over
 DEFAULT_QUEUE = 100  # calls per stage that may wait for a replica with room
 # bytes: a call moving more inline data than this goes over Dask comms, whose out-of-band buffers
 # beat the fast path's pickled frames for arrays of megabytes
@@ -94,6 +93,7 @@ class StageRuntime:
     limit: int = 4  # calls one replica may hold at once (admission control)
     max_queue: int = DEFAULT_QUEUE  # calls that may wait here for a replica with room
     waiting: deque[asyncio.Future[None]] = field(default_factory=deque)
+    latency: Ewma = field(default_factory=Ewma)  # of calls, as the router sees them
     replicas: list[ReplicaRef] = field(default_factory=list)
     draining: set[ReplicaRef] = field(default_factory=set)
     devices: dict[ReplicaRef, str] = field(default_factory=dict)
@@ -336,7 +336,7 @@ class Router:
                 continue
             room = with_room((r for r in live if r not in full), srt.inflight, srt.limit)
             if not room or (srt.waiting and not woken):  # first come, first served
-                await self._queue(srt, len(live), first=woken)
+                await self._queue(srt, len(live), deadline - loop.time(), first=woken)
                 full.clear()
                 woken = True
                 continue
@@ -360,15 +360,23 @@ class Router:
                 continue
             outcome, batch = result
             srt.stats.record(loop.time() - start, not isinstance(outcome, FlowError), batch)
+            srt.latency.add(loop.time() - start)
             if isinstance(outcome, FlowError):
                 raise outcome
             return outcome
 
-    async def _queue(self, srt: StageRuntime, replicas: int, first: bool) -> None:
+    async def _queue(self, srt: StageRuntime, replicas: int, remaining: float, first: bool) -> None:
         """Wait in the stage's queue until a replica may have room (``first``: at its head, for a
-        call that was already woken once); ``OverloadError`` at once when the queue is full."""
-        if not first and len(srt.waiting) >= srt.max_queue:
-            raise self._overloaded(srt, replicas)
+        call that was already woken once); ``OverloadError`` at once when the queue is full or the
+        call would not get a slot and finish within the ``remaining`` seconds."""
+        if not first:
+            if len(srt.waiting) >= srt.max_queue:
+                raise self._overloaded(srt, replicas, "its queue is full")
+            wait = expected_wait(len(srt.waiting), srt.latency.value, replicas * srt.limit)
+            if wait + srt.latency.value > remaining:
+                raise self._overloaded(
+                    srt, replicas, f"it would not answer within the request's {remaining:.2f} s left"
+                )
         waiter = asyncio.get_running_loop().create_future()
         if first:
             srt.waiting.appendleft(waiter)
@@ -383,12 +391,12 @@ class Router:
                 srt.wake()  # it was woken as it gave up: pass the turn on
             raise
 
-    def _overloaded(self, srt: StageRuntime, replicas: int) -> OverloadError:
+    def _overloaded(self, srt: StageRuntime, replicas: int, why: str) -> OverloadError:
         srt.stats.rejected += 1
-        wait = retry_after(list(srt.stats.latencies)[-RECENT:], replicas, srt.limit)
+        wait = retry_after(len(srt.waiting), srt.latency.value, replicas * srt.limit)
         return OverloadError(
-            f"stage {srt.stage.name!r} is full: its {replicas} replica(s) hold {srt.limit} calls each "
-            f"and {len(srt.waiting)} more are queued; retry in {wait:g} s",
+            f"stage {srt.stage.name!r} is overloaded: {why} ({replicas} replica(s) holding {srt.limit} calls "
+            f"each, {len(srt.waiting)} queued); retry in {wait:g} s",
             srt.stage.name,
             wait,
         )

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from cloudflow_nb.runtime.admission import default_limit, retry_after, with_room
+from cloudflow_nb.runtime.admission import default_limit, expected_wait, retry_after, with_room
 from cloudflow_nb.runtime.health import Drain, HealthPolicy, ReplicaProbe, Serving, Stop
 from cloudflow_nb.runtime.supervise import Supervisor
 
@@ -74,8 +74,9 @@ def test_stage_timeout_must_be_positive():
 
 def test_admission_room_and_retry_after():
     assert with_room(["a", "b", "c"], {"a": 2, "b": 1}, limit=2) == ["b", "c"]
-    assert retry_after([0.05] * 10, replicas=1, limit=4) == 1.0  # never under a second
-    assert retry_after([2.0] * 10, replicas=2, limit=4) == 4.0
+    assert retry_after(3, latency=0.05, slots=4) == 1.0  # never under a second
+    assert retry_after(15, latency=2.0, slots=8) == 4.0
+    assert expected_wait(0, latency=1.0, slots=2) == 0.5
 
 
 def test_default_limit_leaves_room_for_two_batches():

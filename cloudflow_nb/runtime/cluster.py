@@ -7,8 +7,9 @@ this process's own loop thread straight to the workers.
 
 Deployments scale with ``dep.scale`` and ``dep.autoscale``; when the autoscaler needs a worker it
 asks the cluster through Dask's own machinery: a ``LocalCluster`` adds a worker spec of the needed
-kind to its ``SpecCluster``, a connected client's ``.cluster`` is ``scale``-d when it has one. A
-scheduler plugin keeps Dask's adaptive scaling from retiring workers that host replicas.
+kind to its ``SpecCluster``, a connected client's ``.cluster`` is ``scale``-d when it has one; an
+idle added worker is given back by address, that worker and no other. A scheduler plugin keeps
+Dask's adaptive scaling from retiring workers that host replicas.
 """
 
 from __future__ import annotations

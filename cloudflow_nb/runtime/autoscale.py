@@ -11,15 +11,20 @@ facts (research/dask.md 2.8 and 3.5):
 
 - a stage is saturated when its mean in-flight calls per replica reach ``target_inflight`` on
   ``up_after`` ticks in a row; it then grows to ``ceil(inflight / target_inflight)`` replicas
-  (at most ``max_replicas``), placed on the least loaded suitable worker with room (GPU stages on
-  GPU-tagged workers only; a competitive stage never twice on one worker);
+  (at most ``max_replicas``; at most one per suitable worker for a competitive or locality
+  stage), placed on the least loaded suitable worker with room (GPU stages on GPU-tagged workers
+  only; a competitive or locality stage never twice on one worker);
 - a worker has room for ``replicas_per_worker`` replicas per thread; when no suitable worker has
   room the policy asks for one more worker of the right kind (one request at a time per kind, at
   most ``max_workers`` added);
-- a stage with no call for ``scale_down_after`` seconds loses one replica, then another after the
-  same time again (slowly: replicas hold warm models), never below its floor;
+- a stage with no call for ``scale_down_after`` seconds loses one replica (its least busy, from
+  the most loaded worker), then another after the same time again (slowly: replicas hold warm
+  models), never below its floor;
 - a worker the autoscaler added is given back once it has hosted no replica (of any deployment)
   for ``worker_idle_after`` seconds.
+
+Every placement rule (suitable workers, distinct workers, capacity, which replica goes) is
+:mod:`~cloudflow_nb.runtime.placement`'s, shared with the controller.
 """
 
 from __future__ import annotations
@@ -29,6 +34,14 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
+
+from cloudflow_nb.runtime.placement import (
+    eligible_workers,
+    most_replicas,
+    place_replicas,
+    replicas_to_remove,
+    worker_capacity,
+)
 
 __all__ = [
     "AddReplica",
@@ -41,7 +54,6 @@ __all__ = [
     "ReplicaLoad",
     "StageLoad",
     "WorkerLoad",
-    "place",
 ]
 
 DECISIONS = 20
@@ -115,7 +127,8 @@ class StageLoad:
     """A stage as the autoscaler sees it.
 
     ``calls`` is the stage's cumulative count of answered calls (new calls mean it is busy);
-    ``floor`` the replicas its plan needs; ``p50_ms`` a recent latency, only for the reasons.
+    ``floor`` the replicas its plan needs; ``p50_ms`` a recent latency, only for the reasons;
+    ``gpu``, ``competitive`` and ``locality`` as on the plan's stage (they decide placement).
     """
 
     name: str
@@ -125,6 +138,7 @@ class StageLoad:
     gpu: bool = False
     competitive: bool = False
     p50_ms: float | None = None
+    locality: str | None = None
 
     @property
     def inflight(self) -> int:
@@ -183,41 +197,6 @@ class RemoveWorker:
 Instruction = AddReplica | RemoveReplica | AddWorker | RemoveWorker
 
 
-def place(
-    stage: StageLoad, workers: Sequence[WorkerLoad], replicas_per_worker: int, extra: dict[str, int] | None = None
-) -> str | None:
-    """The worker for one more replica of ``stage``: suitable, with room, least loaded; or ``None``.
-
-    GPU stages go to GPU-tagged workers only; other stages to untagged workers (any worker when the
-    cluster has no untagged one); a competitive stage never to a worker that already hosts it.
-    ``extra`` counts replicas already promised per worker in this round.
-    """
-    extra = extra or {}
-    kind = _eligible(stage, workers)
-    own = {w.address: 0 for w in kind}
-    for r in stage.replicas:
-        if r.worker in own:
-            own[r.worker] += 1
-    for address, n in extra.items():
-        if address in own:
-            own[address] += n
-    options = []
-    for w in kind:
-        total = w.hosted + w.hosted_elsewhere + extra.get(w.address, 0)
-        if total >= replicas_per_worker * max(1, w.nthreads):
-            continue
-        if stage.competitive and own[w.address]:
-            continue
-        options.append((own[w.address], total, w.address))
-    return min(options)[2] if options else None
-
-
-def _eligible(stage: StageLoad, workers: Sequence[WorkerLoad]) -> list[WorkerLoad]:
-    if stage.gpu:
-        return [w for w in workers if w.gpu]
-    return [w for w in workers if not w.gpu] or list(workers)
-
-
 @dataclass
 class _StageState:
     hot: int = 0
@@ -261,14 +240,14 @@ class AutoscalePolicy:
         self._now = now
         opts = self.options
         out: list[Instruction] = []
-        extra: dict[str, int] = {}
+        hosted = {w.address: w.hosted + w.hosted_elsewhere for w in workers}  # and this round's new ones
+        capacity = {w.address: worker_capacity(w.nthreads, opts.replicas_per_worker) for w in workers}
         for stage in stages:
             st = self._stages.setdefault(stage.name, _StageState(calls=stage.calls, active_at=now))
             n = len(stage.replicas)
             floor = max(stage.floor, opts.min_replicas)
-            ceiling = max(opts.max_replicas, floor)
-            if stage.competitive:
-                ceiling = min(ceiling, max(floor, len(_eligible(stage, workers))))
+            eligible = len(eligible_workers(stage, workers, strict=False))
+            ceiling = max(most_replicas(stage, eligible, opts.max_replicas), floor)
             inflight = stage.inflight
             if inflight > 0 or stage.calls != st.calls:
                 st.active_at = now
@@ -291,15 +270,15 @@ class AutoscalePolicy:
                 st.target = want
                 why = f"{inflight} calls in flight on {n} replicas (target {opts.target_inflight:g} per replica"
                 why += f", p50 {stage.p50_ms:g} ms)" if stage.p50_ms is not None else ")"
-                for _ in range(want - have):
-                    worker = place(stage, workers, opts.replicas_per_worker, extra)
-                    if worker is None:
-                        out.extend(self._need_worker(stage, workers, now))
-                        break
-                    extra[worker] = extra.get(worker, 0) + 1
+                hosting = [r.worker for r in stage.replicas]
+                chosen = place_replicas(stage, workers, hosting, hosted, want - have, capacity)
+                for worker in chosen:
+                    hosted[worker] = hosted.get(worker, 0) + 1
                     st.pending += 1
                     out.append(AddReplica(stage.name, worker, why))
                     self._decide("add-replica", stage.name, f"on {worker}: {why}")
+                if len(chosen) < want - have:
+                    out.extend(self._need_worker(stage, workers, now))
                 st.hot = 0
             elif (
                 n > floor
@@ -307,8 +286,7 @@ class AutoscalePolicy:
                 and st.active_at is not None
                 and now - st.active_at >= opts.scale_down_after
             ):
-                loads = {w.address: w.hosted + w.hosted_elsewhere for w in workers}
-                victim = max(stage.replicas, key=lambda r: (-r.inflight, loads.get(r.worker, 0), r.id))
+                (victim,) = replicas_to_remove(stage.replicas, {r: r.inflight for r in stage.replicas}, hosted, 1)
                 why = f"idle for {now - st.active_at:.1f} s ({n} replicas, min {floor})"
                 out.append(RemoveReplica(stage.name, victim.id, victim.worker, why))
                 self._decide("remove-replica", stage.name, f"{victim.id} on {victim.worker}: {why}")

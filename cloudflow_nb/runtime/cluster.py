@@ -7,8 +7,9 @@ this process's own loop thread straight to the workers.
 
 Deployments scale with ``dep.scale`` and ``dep.autoscale``; when the autoscaler needs a worker it
 asks the cluster through Dask's own machinery: a ``LocalCluster`` adds a worker spec of the needed
-kind to its ``SpecCluster``, a connected client's ``.cluster`` is ``scale``-d when it has one. A
-scheduler plugin keeps Dask's adaptive scaling from retiring workers that host replicas.
+kind to its ``SpecCluster``, a connected client's ``.cluster`` is ``scale``-d when it has one; an
+idle added worker is given back by address, that worker and no other. A scheduler plugin keeps
+Dask's adaptive scaling from retiring workers that host replicas.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from cloudflow_nb.errors import DeploymentError
 from cloudflow_nb.runtime.controller import ReplicaGuard, WorkerScaler, list_workers
 from cloudflow_nb.runtime.deployment import DEFAULT_TIMEOUT, Deployment
 from cloudflow_nb.runtime.loop import LoopThread
+from cloudflow_nb.runtime.placement import WorkerInfo
 from cloudflow_nb.runtime.replica import CloudflowWorker
-from cloudflow_nb.runtime.routing import WorkerInfo
 from cloudflow_nb.runtime.store import Store, StoreDirectory
 
 if TYPE_CHECKING:
@@ -265,48 +266,13 @@ def _worker_spec(
     return {"cls": Nanny if processes else Worker, "options": options}
 
 
-class SpecScaler(WorkerScaler):
-    """Adds workers to a :class:`LocalCluster` as new ``SpecCluster`` worker specs of the needed
-    kind (the same options as the first ones) and gives them back by removing their spec."""
-
-    def __init__(self, cluster: LocalCluster) -> None:
-        self.cluster = cluster
-        self.names: dict[str, str] = {}  # address -> spec name, for the workers added here
-
-    async def add(self, gpu: bool) -> str:
-        spec = self.cluster.cluster
-        name = f"gpu-{next(self.cluster._next[True])}" if gpu else f"cpu-{next(self.cluster._next[False])}"
-        worker_spec = self.cluster._spec(gpu, int(name.split("-")[1]))
-
-        async def start() -> str:
-            spec.worker_spec[name] = worker_spec
-            await spec._correct_state()
-            worker = spec.workers[name]
-            return str(getattr(worker, "worker_address", None) or worker.address)
-
-        address = await asyncio.get_running_loop().run_in_executor(None, functools.partial(spec.sync, start))
-        self.names[address] = name
-        return f"{name} at {address}"
-
-    async def remove(self, address: str) -> None:
-        spec = self.cluster.cluster
-        name = self.names.pop(address)
-
-        async def stop() -> None:
-            spec.worker_spec.pop(name, None)
-            await spec._correct_state()
-
-        await asyncio.get_running_loop().run_in_executor(None, functools.partial(spec.sync, stop))
-
-    def added(self, address: str) -> bool:
-        return address in self.names
-
-
 class ScaleScaler(WorkerScaler):
     """Scales a connected client's ``.cluster`` (any Dask deployment backend) by one worker.
 
     Such a cluster starts workers of its own one kind: a GPU stage is only helped when that kind is
-    GPU-tagged. Workers that joined after a ``scale`` call here count as added.
+    GPU-tagged. Workers that joined after a ``scale`` call here count as added. :meth:`remove`
+    retires exactly the worker it is given: through ``scale_down`` on a ``SpecCluster`` (and the
+    backends built on it, such as dask-jobqueue's), else through the scheduler's ``retire_workers``.
     """
 
     START_TIMEOUT = 120.0
@@ -316,18 +282,19 @@ class ScaleScaler(WorkerScaler):
         self.cluster = cluster
         self.addresses: set[str] = set()
 
-    def _workers(self) -> set[str]:
-        return set(self.client.scheduler_info(n_workers=-1)["workers"])
+    def _workers(self) -> dict[str, Any]:
+        workers: dict[str, Any] = self.client.scheduler_info(n_workers=-1)["workers"]
+        return workers
 
     async def add(self, gpu: bool) -> str:
         if gpu:
             raise DeploymentError(f"{type(self.cluster).__name__}.scale starts one kind of worker: no GPU-tagged one")
 
         def grow() -> str:
-            before = self._workers()
+            before = set(self._workers())
             self.cluster.scale(len(before) + 1)
             self.client.wait_for_workers(len(before) + 1, timeout=self.START_TIMEOUT)
-            new = sorted(self._workers() - before)
+            new = sorted(set(self._workers()) - before)
             self.addresses.update(new)
             return ", ".join(new)
 
@@ -335,13 +302,44 @@ class ScaleScaler(WorkerScaler):
 
     async def remove(self, address: str) -> None:
         def shrink() -> None:
-            self.cluster.scale(max(1, len(self._workers()) - 1))
+            if isinstance(self.cluster, SpecCluster):  # its workers go by name: scale_down takes names
+                info = self._workers().get(address)
+                if info is not None:
+                    self.cluster.sync(self.cluster.scale_down, [info["name"]])
+            else:
+                self.client.retire_workers(workers=[address])
 
         await asyncio.get_running_loop().run_in_executor(None, shrink)
         self.addresses.discard(address)
 
     def added(self, address: str) -> bool:
         return address in self.addresses
+
+
+class SpecScaler(ScaleScaler):
+    """Adds workers to a :class:`LocalCluster` as new ``SpecCluster`` worker specs of the needed
+    kind (the same options as the first ones); gives back exactly the worker asked for."""
+
+    def __init__(self, cluster: LocalCluster) -> None:
+        super().__init__(cluster.client, cluster.cluster)
+        self.local = cluster
+
+    async def add(self, gpu: bool) -> str:
+        spec: SpecCluster = self.cluster
+        index = next(self.local._next[gpu])
+        name = f"{'gpu' if gpu else 'cpu'}-{index}"
+        worker_spec = self.local._spec(gpu, index)
+
+        async def start() -> str:
+            spec.worker_spec[name] = worker_spec
+            spec.scale(len(spec.worker_spec))  # starts the specs that have no worker yet
+            await spec  # until every worker of the spec is up
+            worker = spec.workers[name]
+            return str(getattr(worker, "worker_address", None) or worker.address)
+
+        address = await asyncio.get_running_loop().run_in_executor(None, functools.partial(spec.sync, start))
+        self.addresses.add(address)
+        return f"{name} at {address}"
 
 
 def connect(target: str | Client) -> Cluster:

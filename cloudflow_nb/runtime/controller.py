@@ -1,7 +1,7 @@
 """The control plane of a deployment: keeps every stage's replicas placed on live workers.
 
 It asks the scheduler which workers exist (and which are GPU-tagged), starts replicas where
-:func:`~cloudflow_nb.runtime.routing.new_placements` says, and reconciles whenever the router
+:func:`~cloudflow_nb.runtime.placement.new_placements` says, and reconciles whenever the router
 reports a lost worker or replica, and every :data:`WATCH_INTERVAL` seconds: replicas on vanished
 workers are dropped and re-placed when capacity exists.
 
@@ -45,8 +45,16 @@ from cloudflow_nb.runtime.autoscale import (
 )
 from cloudflow_nb.runtime.comm import worker_gone
 from cloudflow_nb.runtime.health import Drain, HealthPolicy, ReplicaProbe, Serving
+from cloudflow_nb.runtime.placement import (
+    WorkerInfo,
+    eligible_workers,
+    new_placements,
+    place_replicas,
+    replicas_to_remove,
+    target_replicas,
+)
 from cloudflow_nb.runtime.replica import StageSpec
-from cloudflow_nb.runtime.routing import ReplicaRef, WorkerInfo, eligible_workers, new_placements, target_replicas
+from cloudflow_nb.runtime.routing import ReplicaRef
 from cloudflow_nb.runtime.stats import percentile
 from cloudflow_nb.runtime.supervise import Supervisor
 from cloudflow_nb.runtime.wire import labelled, unpack_error
@@ -214,7 +222,9 @@ class Controller:
                 raise DeploymentError(f"deploy {self.name!r}: the cluster has no workers")
             placements = []
             for srt in self.stages.values():
-                for worker in new_placements(srt.stage, workers, [r.worker for r in srt.replicas], load):
+                hosting = [r.worker for r in srt.replicas]
+                hung = {r.worker for r in srt.draining}  # a replacement goes elsewhere when it can
+                for worker in new_placements(srt.stage, workers, hosting, load, avoid=hung):
                     load[worker] = load.get(worker, 0) + 1
                     placements.append((srt, worker))
             for worker, ids in self._orphans.items():
@@ -222,7 +232,8 @@ class Controller:
                     self._spawn_stop(worker, ids)
             self._orphans.clear()
             for srt in self.stages.values():
-                self._floors[srt.stage.name] = target_replicas(srt.stage, len(_eligible(srt, workers)))
+                eligible = eligible_workers(srt.stage, workers, strict=False)
+                self._floors[srt.stage.name] = target_replicas(srt.stage, len(eligible))
             starts = [self._start(srt, worker) for srt, worker in placements]
             results = await asyncio.gather(*starts, return_exceptions=True)
             failures = [r for r in results if isinstance(r, BaseException)]
@@ -386,6 +397,7 @@ class Controller:
             srt.stage.gpu,
             srt.stage.competitive,
             None if p50 is None else round(p50 * 1000, 3),
+            srt.stage.locality,
         )
 
     async def _apply(self, policy: AutoscalePolicy, instruction: Instruction) -> None:
@@ -433,29 +445,25 @@ class Controller:
         if replicas < floor:
             raise DeploymentError(f"scale: stage {stage!r} needs at least {floor} replicas, got {replicas}")
         async with self._lock:
-            workers = [w for w, _ in await worker_threads(self.pool, self.scheduler)]
-            eligible = _eligible(srt, workers)
-            while len(srt.replicas) > replicas:
-                victim = min(srt.replicas, key=lambda r: (srt.inflight.get(r, 0), r.id))
-                srt.remove(victim)
-                self._spawn_stop(victim.worker, [victim.id], STOP_GRACE)
+            workers = await list_workers(self.pool, self.scheduler)
             load: dict[str, int] = {}
             for other in self.stages.values():
-                for r in other.replicas:
+                for r in (*other.replicas, *other.draining):
                     load[r.worker] = load.get(r.worker, 0) + 1
-            hosting = [r.worker for r in srt.replicas]
-            chosen = []
-            for _ in range(replicas - len(hosting)):
-                options = [w for w in eligible if not (srt.stage.competitive and w in hosting)]
-                if not options:
+            for victim in replicas_to_remove(srt.replicas, srt.inflight, load, len(srt.replicas) - replicas):
+                srt.remove(victim)
+                load[victim.worker] -= 1
+                self._spawn_stop(victim.worker, [victim.id], STOP_GRACE)
+            missing = replicas - len(srt.replicas)
+            chosen: list[str] = []
+            if missing > 0:
+                eligible = eligible_workers(srt.stage, workers)  # a GPU stage without GPU workers: why
+                chosen = place_replicas(srt.stage, workers, [r.worker for r in srt.replicas], load, missing)
+                if len(chosen) < missing:
                     raise DeploymentError(
-                        f"scale: competitive stage {stage!r} needs {replicas} distinct workers, "
-                        f"{len(eligible)} are suitable"
+                        f"scale: stage {stage!r} needs its replicas on distinct workers (it is competitive "
+                        f"or uses locality): {replicas} asked, {len(eligible)} workers suitable"
                     )
-                best = min(options, key=lambda w: (hosting.count(w), load.get(w, 0), w))
-                hosting.append(best)
-                load[best] = load.get(best, 0) + 1
-                chosen.append(best)
             await asyncio.gather(*(self._start(srt, w) for w in chosen))
         await self.report_hosts()
 
@@ -494,11 +502,3 @@ class Controller:
         calls: list[Any] = [asyncio.wait_for(self.pool(w).cf_stop(replicas=ids), 5) for w, ids in by_worker.items()]
         calls.append(asyncio.wait_for(self.pool(self.scheduler).cf_replica_hosts(deployment=self.name), 5))
         await asyncio.gather(*calls, return_exceptions=True)
-
-
-def _eligible(srt: StageRuntime, workers: list[WorkerInfo]) -> list[str]:
-    """The workers a stage may run on (none, rather than an error, for a GPU stage without GPUs)."""
-    try:
-        return eligible_workers(srt.stage, workers)
-    except DeploymentError:
-        return []

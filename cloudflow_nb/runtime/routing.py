@@ -1,7 +1,7 @@
-"""Placement and routing decisions as pure functions (no Dask, no I/O).
+"""Routing decisions as pure functions (no Dask, no I/O).
 
-Placement decides which workers should host a stage's replicas; routing picks the replica (or,
-for a competitive stage, the replicas) that serve one call. The deployment does the I/O.
+Routing picks the replica (or, for a competitive stage, the replicas) that serve one call; the
+router does the I/O. Where replicas live is :mod:`~cloudflow_nb.runtime.placement`'s business.
 """
 
 from __future__ import annotations
@@ -9,29 +9,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from cloudflow_nb.errors import DeploymentError
-from cloudflow_nb.physical import Stage
-
 __all__ = [
     "LOCALITY_MAX_INFLIGHT",
     "ReplicaRef",
-    "WorkerInfo",
     "choose_racers",
     "choose_replica",
-    "eligible_workers",
-    "new_placements",
 ]
 
 # A replica with this many calls in flight is overloaded: locality routing then goes elsewhere.
 LOCALITY_MAX_INFLIGHT = 8
-
-
-@dataclass(frozen=True)
-class WorkerInfo:
-    """A worker as placement sees it."""
-
-    address: str
-    gpu: bool = False
 
 
 @dataclass(frozen=True)
@@ -41,61 +27,6 @@ class ReplicaRef:
     stage: str
     id: str
     worker: str
-
-
-def eligible_workers(stage: Stage, workers: Sequence[WorkerInfo]) -> list[str]:
-    """Workers a stage may run on: GPU-tagged ones for GPU stages, else untagged ones first.
-
-    Raises ``DeploymentError`` when a GPU stage finds no GPU-tagged worker.
-    """
-    if stage.gpu:
-        gpu = [w.address for w in workers if w.gpu]
-        if not gpu:
-            raise DeploymentError(
-                f"stage {stage.name!r} needs a GPU but no worker is GPU-tagged "
-                f"({len(workers)} workers, none with resources={{'GPU': 1}}); "
-                "start GPU workers (cf.LocalCluster(gpu_workers=1) or dask worker --resources GPU=1) "
-                "or optimize with cf.Optimize(gpu=False)"
-            )
-        return sorted(gpu)
-    cpu = [w.address for w in workers if not w.gpu]
-    return sorted(cpu or [w.address for w in workers])
-
-
-def target_replicas(stage: Stage, eligible: int) -> int:
-    """How many replicas a stage wants: one per eligible worker for locality stages."""
-    if stage.locality is not None:
-        return max(stage.replicas, eligible)
-    if stage.competitive:
-        return min(stage.replicas, eligible)
-    return stage.replicas
-
-
-def new_placements(
-    stage: Stage, workers: Sequence[WorkerInfo], hosting: Sequence[str], load: Mapping[str, int]
-) -> list[str]:
-    """Workers to start new replicas on, so that the stage reaches its target.
-
-    ``hosting`` lists the workers of the stage's live replicas; ``load`` counts replicas per
-    worker over the whole deployment. Distinct workers come first (competitive and locality
-    stages only ever use distinct ones), least loaded first.
-    """
-    eligible = eligible_workers(stage, workers)
-    missing = target_replicas(stage, len(eligible)) - len(hosting)
-    counts = {w: load.get(w, 0) for w in eligible}
-    used = {w: hosting.count(w) for w in eligible}
-    chosen: list[str] = []
-    distinct_only = stage.competitive or stage.locality is not None
-    while missing > 0:
-        options = [w for w in eligible if not (distinct_only and used[w])]
-        if not options:
-            break
-        best = min(options, key=lambda w: (used[w], counts[w], w))
-        chosen.append(best)
-        used[best] += 1
-        counts[best] += 1
-        missing -= 1
-    return chosen
 
 
 def choose_replica(

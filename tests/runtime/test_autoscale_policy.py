@@ -16,7 +16,6 @@ from cloudflow_nb.runtime.autoscale import (
     ReplicaLoad,
     StageLoad,
     WorkerLoad,
-    place,
 )
 
 CPU = [WorkerLoad("w1", nthreads=1), WorkerLoad("w2", nthreads=1)]
@@ -78,19 +77,23 @@ def test_below_target_does_not_grow() -> None:
 def test_gpu_stage_only_on_gpu_workers_and_asks_for_a_gpu_worker() -> None:
     workers = [WorkerLoad("c1"), WorkerLoad("g1", gpu=True)]
     s = stage(inflight=(6,), workers=("g1",), gpu=True)
-    assert place(s, hosting(workers, {"g1": 1}), 2) == "g1"
-    assert place(s, hosting(workers, {"g1": 2}), 2) is None
+    out = AutoscalePolicy(Autoscale(up_after=1, replicas_per_worker=2)).step(0.0, [s], hosting(workers, {"g1": 1}))
+    assert out == [AddReplica("s", "g1", out[0].reason), AddWorker(True, "s", out[1].reason)]  # never on c1
     policy = AutoscalePolicy(Autoscale(up_after=1, replicas_per_worker=1))
-    (out,) = policy.step(0.0, [s], hosting(workers, {"g1": 1}))
-    assert out == AddWorker(True, "s", out.reason)
-    assert "GPU-tagged" in out.reason
+    (ask,) = policy.step(0.0, [s], hosting(workers, {"g1": 1}))
+    assert ask == AddWorker(True, "s", ask.reason)
+    assert "GPU-tagged" in ask.reason
 
 
-def test_competitive_stage_never_twice_on_a_worker() -> None:
-    s = stage(inflight=(4, 4), workers=("w1", "w2"), competitive=True)
-    assert place(s, hosting(CPU, {"w1": 1, "w2": 1}), 8) is None
+@pytest.mark.parametrize("kind", [{"competitive": True}, {"locality": "user"}])
+def test_distinct_worker_stage_never_twice_on_a_worker(kind: dict[str, object]) -> None:
+    s = stage(inflight=(4, 4), workers=("w1", "w2"), **kind)
     policy = AutoscalePolicy(Autoscale(up_after=1, max_replicas=4, replicas_per_worker=8))
     assert policy.step(0.0, [s], hosting(CPU, {"w1": 1, "w2": 1})) == []  # capped at 2 distinct workers
+    assert policy.summary()["stages"]["s"]["max"] == 2
+    one = stage(inflight=(8,), workers=("w1",), **kind)
+    (add,) = AutoscalePolicy(Autoscale(up_after=1, replicas_per_worker=8)).step(0.0, [one], hosting(CPU, {"w1": 1}))
+    assert add == AddReplica("s", "w2", add.reason)
 
 
 def test_one_worker_request_at_a_time_and_failure_is_recorded() -> None:

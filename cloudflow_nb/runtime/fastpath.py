@@ -138,7 +138,7 @@ def parse_settings(config: Mapping[str, Any]) -> FastSettings:
         host or None,
         ports,
         _positive("max-frame", config.get("max-frame", "256MiB"), parse_bytes, "a size such as '256MiB'"),
-        _positive("handshake-timeout", config.get("handshake-timeout", "10s"), parse_timedelta, "a duration"),
+        float(_positive("handshake-timeout", config.get("handshake-timeout", "10s"), parse_timedelta, "a duration")),
     )
 
 

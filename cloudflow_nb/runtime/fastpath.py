@@ -82,9 +82,8 @@ RETRY_AFTER = 5.0  # seconds before a worker whose fast port failed is tried aga
 MAX_PENDING = 128  # connections a server lets sit in the handshake at once
 _POOLS: weakref.WeakKeyDictionary[Any, FastPool] = weakref.WeakKeyDictionary()
 
-dask.config.update_defaults(
-    {"cloudflow": {"fastpath": {"host": None, "port": 0, "max-frame": "256MiB", "handshake-timeout": "10s"}}}
-)
+# ``cloudflow.fastpath.*`` in dask.config, and the value of each when it is not set
+DEFAULTS: dict[str, Any] = {"host": None, "port": 0, "max-frame": "256MiB", "handshake-timeout": "10s"}
 
 
 @dataclass(frozen=True)
@@ -111,8 +110,7 @@ class FastSettings:
     @classmethod
     def from_config(cls) -> FastSettings:
         """The settings under ``cloudflow.fastpath`` in ``dask.config``."""
-        keys = ("host", "port", "max-frame", "handshake-timeout")
-        return parse_settings({key: dask.config.get(f"cloudflow.fastpath.{key}") for key in keys})
+        return parse_settings({key: dask.config.get(f"cloudflow.fastpath.{key}", d) for key, d in DEFAULTS.items()})
 
 
 def parse_settings(config: Mapping[str, Any]) -> FastSettings:
@@ -123,7 +121,8 @@ def parse_settings(config: Mapping[str, Any]) -> FastSettings:
     >>> parse_settings({"port": "9000:9002", "max-frame": "1MiB"})
     FastSettings(host=None, ports=(9000, 9001, 9002), max_frame=1048576, handshake_timeout=10.0)
     """
-    host, port = config.get("host"), config.get("port", 0)
+    config = {**DEFAULTS, **config}
+    host, port = config["host"], config["port"]
     try:
         ports = tuple(p or 0 for p in parse_ports(port))
     except (TypeError, ValueError):
@@ -137,8 +136,8 @@ def parse_settings(config: Mapping[str, Any]) -> FastSettings:
     return FastSettings(
         host or None,
         ports,
-        _positive("max-frame", config.get("max-frame", "256MiB"), parse_bytes, "a size such as '256MiB'"),
-        float(_positive("handshake-timeout", config.get("handshake-timeout", "10s"), parse_timedelta, "a duration")),
+        _positive("max-frame", config["max-frame"], parse_bytes, "a size such as '256MiB'"),
+        float(_positive("handshake-timeout", config["handshake-timeout"], parse_timedelta, "a duration")),
     )
 
 
@@ -311,7 +310,8 @@ class _ServerConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        assert self.transport is not None and self._auth is not None
+        assert self.transport is not None
+        assert self._auth is not None
         server = self.server
         server._connections.add(self)
         if server._pending >= MAX_PENDING:

@@ -200,7 +200,6 @@ def test_pool_uses_the_fast_port_reconnects_and_falls_back() -> None:
     _serve(check)
 
 
-
 def test_requests_and_replies_over_the_cap_take_dask_comms() -> None:
     settings = FastSettings(max_frame=1000)
 
@@ -257,6 +256,7 @@ def test_a_tls_server_serves_tls_clients_only() -> None:
             server.close()
 
     asyncio.run(main())
+
 
 # -- on the serving cluster -----------------------------------------------------------------------
 

@@ -6,12 +6,16 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import itertools
+import os
 import pickle
 import socket
+import subprocess
+import sys
 import time
 from typing import Any
 
 import dask
+import distributed
 import numpy as np
 import pytest
 from distributed.protocol.serialize import to_serialize
@@ -329,3 +333,39 @@ async def _drop_all(fast: FastPool) -> None:
 
 def _close_fast_server(dask_worker: Any) -> None:
     dask_worker.plugins["cloudflow"].fast.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _fast_server_port(dask_worker: Any) -> int | None:
+    return dask_worker.plugins["cloudflow"].fast.port
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_a_dask_worker_listens_on_the_port_its_environment_names() -> None:
+    scheduler, fast_port = _free_port(), _free_port()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "DASK_CLOUDFLOW__FASTPATH__PORT": f"{fast_port}"}
+    address = f"tcp://127.0.0.1:{scheduler}"
+    commands = [
+        ["scheduler", "--host", "127.0.0.1", "--port", str(scheduler), "--no-dashboard"],
+        ["worker", address, "--nthreads", "1", "--no-nanny", "--no-dashboard", "--host", "127.0.0.1"],
+    ]
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    procs = [subprocess.Popen([sys.executable, "-m", "dask", *args], env=env, **quiet) for args in commands]
+    try:
+        with distributed.Client(address, timeout=60) as client:
+            client.wait_for_workers(1, timeout=60)
+            flow = cf.Flow("env", x=int).map(triple, names={"y": int})
+            with cf.connect(client) as cluster, cluster.deploy(flow) as dep:
+                assert dep.predict({"x": 2})[0]["y"] == 6
+                assert list(client.run(_fast_server_port).values()) == [fast_port]
+                assert dep._router.fast.calls >= 1
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(timeout=30)

@@ -81,7 +81,15 @@ class Cluster:
         """The running workers: address and whether they are GPU-tagged."""
         return self._loop.run(list_workers(self._loop.pool, self.scheduler_address), timeout=10)
 
-    def deploy(self, flow: Flow, optimize: bool | Optimize = True, timeout: float = DEFAULT_TIMEOUT) -> Deployment:
+    def deploy(
+        self,
+        flow: Flow,
+        optimize: bool | Optimize = True,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_inflight: int | None = None,
+        max_queue: int | None = None,
+        stage_timeout: float | None = None,
+    ) -> Deployment:
         """Optimize ``flow``, start warm replicas of each stage on suitable workers, and serve it.
 
         The deployment's replicas then scale by hand (``dep.scale(stage, n)``) or with the load
@@ -95,9 +103,29 @@ class Cluster:
             ``True``: the default rewrites, ``False``: none, or the options to use.
         timeout : float
             The default deadline of each request, in seconds.
+        max_inflight : int, optional
+            Calls one replica may hold at once, running or queued on its worker (admission
+            control). Default: 4, or two batches for batching stages.
+        max_queue : int, optional
+            Calls per stage that may wait here for a replica with room (default 100); a request
+            that finds the queue full fails at once with ``cf.OverloadError`` (HTTP 429).
+        stage_timeout : float, optional
+            Seconds one call may run before its replica counts as hung and is replaced (default:
+            ``timeout``).
         """
         plan = flow.optimize(optimize)
-        dep = Deployment(flow, plan, self._loop, self.scheduler_address, self.store, timeout, self._scaler()).start()
+        dep = Deployment(
+            flow,
+            plan,
+            self._loop,
+            self.scheduler_address,
+            self.store,
+            timeout,
+            self._scaler(),
+            max_inflight,
+            stage_timeout,
+            max_queue,
+        ).start()
         self._deployments.append(dep)
         return dep
 

@@ -5,6 +5,13 @@ It asks the scheduler which workers exist (and which are GPU-tagged), starts rep
 reports a lost worker or replica, and every :data:`WATCH_INTERVAL` seconds: replicas on vanished
 workers are dropped and re-placed when capacity exists.
 
+A health loop probes the workers hosting replicas every :data:`PROBE_INTERVAL` seconds and applies
+the decisions of a :class:`~cloudflow_nb.runtime.health.HealthPolicy`: a replica whose call has run
+past the stage timeout, or whose worker stopped answering, is drained (out of routing, its queued
+calls sent elsewhere) and replaced; it is stopped once idle. Every loop runs under a
+:class:`~cloudflow_nb.runtime.supervise.Supervisor`: a failing round is logged and counted in
+``dep.stats()``, and the loop goes on.
+
 With autoscaling on (:meth:`Controller.start_autoscale`) it also applies the decisions of an
 :class:`~cloudflow_nb.runtime.autoscale.AutoscalePolicy`: new replicas are built (warm) before the
 router sees them, surplus idle ones are taken out of routing and then stopped, and workers are
@@ -23,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from distributed.diagnostics.plugin import SchedulerPlugin
 from distributed.protocol.serialize import to_serialize
 
-from cloudflow_nb.errors import DeploymentError, FlowError
+from cloudflow_nb.errors import DeploymentError
 from cloudflow_nb.runtime.autoscale import (
     AddReplica,
     AddWorker,
@@ -36,9 +43,12 @@ from cloudflow_nb.runtime.autoscale import (
     StageLoad,
     WorkerLoad,
 )
+from cloudflow_nb.runtime.comm import worker_gone
+from cloudflow_nb.runtime.health import Drain, HealthPolicy, ReplicaProbe, Serving
 from cloudflow_nb.runtime.replica import StageSpec
 from cloudflow_nb.runtime.routing import ReplicaRef, WorkerInfo, eligible_workers, new_placements, target_replicas
 from cloudflow_nb.runtime.stats import percentile
+from cloudflow_nb.runtime.supervise import Supervisor
 from cloudflow_nb.runtime.wire import labelled, unpack_error
 
 if TYPE_CHECKING:
@@ -50,6 +60,8 @@ if TYPE_CHECKING:
 __all__ = ["Controller", "ReplicaGuard", "WorkerScaler", "list_workers"]
 
 WATCH_INTERVAL = 0.5
+PROBE_INTERVAL = 1.0  # seconds between health probes of the workers hosting replicas
+PROBE_TIMEOUT = 5.0  # a worker that does not answer a probe within this missed it
 START_TIMEOUT = 120.0
 # How long a replica taken out of routing waits before it is stopped (calls already sent finish).
 STOP_GRACE = 1.0
@@ -147,6 +159,7 @@ class Controller:
         scheduler: str,
         stages: dict[str, StageRuntime],
         scaler: WorkerScaler | None = None,
+        stage_timeout: float = 30.0,
     ) -> None:
         self.name = name
         self.pool = pool
@@ -154,7 +167,8 @@ class Controller:
         self.stages = {k: s for k, s in stages.items() if not s.stage.in_router}
         self._ids = itertools.count()
         self._wake = asyncio.Event()
-        self._watcher: asyncio.Task[None] | None = None
+        self.supervisor = Supervisor(name)
+        self.health = HealthPolicy(stage_timeout)
         self._lock = asyncio.Lock()
         self.last_error: BaseException | None = None
         self._orphans: dict[str, list[str]] = {}
@@ -163,7 +177,6 @@ class Controller:
         self._delayed: set[asyncio.Task[Any]] = set()
         self.scaler = scaler or WorkerScaler()
         self.policy: AutoscalePolicy | None = None
-        self._autoscaler: asyncio.Task[None] | None = None
         self._applying: set[asyncio.Task[Any]] = set()
         self._reported: dict[str, int] | None = None
         self._hosted: dict[str, int] = {}
@@ -181,7 +194,8 @@ class Controller:
         except BaseException:
             await self.close()
             raise
-        self._watcher = asyncio.ensure_future(self._watch())
+        self.supervisor.loop("watch", self.reconcile, WATCH_INTERVAL, wake=self._wake)
+        self.supervisor.loop("health", self.check_health, PROBE_INTERVAL)
 
     async def reconcile(self, strict: bool = False) -> None:
         """Drop replicas on vanished workers and start the missing ones."""
@@ -189,11 +203,12 @@ class Controller:
             workers = await list_workers(self.pool, self.scheduler)
             alive = {w.address for w in workers}
             for srt in self.stages.values():
-                for replica in [r for r in srt.replicas if r.worker not in alive]:
+                for replica in [r for r in (*srt.replicas, *srt.draining) if r.worker not in alive]:
                     srt.remove(replica)
-            load: dict[str, int] = {}
+                    self.health.forget(replica.id)
+            load: dict[str, int] = {}  # a draining replica still occupies its worker
             for srt in self.stages.values():
-                for r in srt.replicas:
+                for r in (*srt.replicas, *srt.draining):
                     load[r.worker] = load.get(r.worker, 0) + 1
             if strict and not workers:
                 raise DeploymentError(f"deploy {self.name!r}: the cluster has no workers")
@@ -232,7 +247,7 @@ class Controller:
     async def _start(self, srt: StageRuntime, worker: str) -> None:
         stage = srt.stage
         replica = ReplicaRef(stage.name, f"{self.name}/{stage.name}/{next(self._ids)}", worker)
-        spec = StageSpec(stage.name, labelled(stage.program), stage.batching, stage.gpu)
+        spec = StageSpec(stage.name, labelled(stage.program), stage.batching, stage.gpu, srt.limit)
         try:
             reply = await asyncio.wait_for(
                 self.pool(worker).cf_start(replica=replica.id, spec=to_serialize(spec)), START_TIMEOUT
@@ -282,37 +297,59 @@ class Controller:
         self.stages[replica.stage].remove(replica)
         self.poke()
 
-    async def _watch(self) -> None:
-        while True:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), WATCH_INTERVAL)
-            self._wake.clear()
-            try:
-                await self.reconcile()
-            except (OSError, FlowError, asyncio.TimeoutError) as exc:  # try again on the next round
-                self.last_error = exc
+    # -- health ---------------------------------------------------------------------------------
+
+    async def check_health(self) -> None:
+        """Probe the workers hosting replicas; drain unhealthy replicas and stop drained idle ones."""
+        serving = [Serving(n, r.id, r.worker) for n, srt in self.stages.items() for r in srt.replicas]
+        asked: dict[str, list[str]] = {}
+        for rep in serving:
+            asked.setdefault(rep.worker, []).append(rep.replica)
+        for rep, _ in self.health.draining.values():
+            asked.setdefault(rep.worker, []).append(rep.replica)
+        workers = list(asked)
+        replies = await asyncio.gather(*(self._probe(w, asked[w]) for w in workers))
+        probes = dict(zip(workers, replies, strict=True))
+        for instruction in self.health.step(asyncio.get_running_loop().time(), serving, probes):
+            srt = self.stages[instruction.stage]
+            found = [r for r in (*srt.replicas, *srt.draining) if r.id == instruction.replica]
+            if isinstance(instruction, Drain):
+                for replica in found:
+                    srt.drain(replica)
+                self.supervisor.spawn("drain", self._drain(instruction.worker, instruction.replica))
+                self.poke()  # place a replacement
+            else:
+                for replica in found:
+                    srt.remove(replica)
+                self._spawn_stop(instruction.worker, [instruction.replica])
+
+    async def _drain(self, worker: str, replica: str) -> None:
+        try:
+            await asyncio.wait_for(self.pool(worker).cf_drain(replicas=[replica]), PROBE_TIMEOUT)
+        except Exception as exc:  # a worker that is gone drains nothing: reconcile forgets it
+            if not worker_gone(exc):
+                raise
+
+    async def _probe(self, worker: str, replicas: list[str]) -> dict[str, ReplicaProbe] | None:
+        """One worker's health replies by replica id; ``None`` when it did not answer in time."""
+        try:
+            reply = await asyncio.wait_for(self.pool(worker).cf_health(replicas=replicas), PROBE_TIMEOUT)
+        except Exception as exc:
+            if worker_gone(exc) or isinstance(exc, TimeoutError):
+                return None
+            raise
+        return {rid: ReplicaProbe(*values) for rid, values in reply.items()}
 
     # -- autoscaling -----------------------------------------------------------------------------
 
     def start_autoscale(self, options: Autoscale) -> None:
         """Look at the load every ``options.interval`` seconds and apply the policy's decisions."""
-        self.stop_autoscale()
-        self.policy = AutoscalePolicy(options)
-        self._autoscaler = asyncio.ensure_future(self._autoscale_loop(self.policy))
+        policy = self.policy = AutoscalePolicy(options)
+        self.supervisor.loop("autoscale", lambda: self.autoscale_once(policy), options.interval)
 
     def stop_autoscale(self) -> None:
         """Stop autoscaling (the replicas and workers stay as they are)."""
-        if self._autoscaler is not None:
-            self._autoscaler.cancel()
-            self._autoscaler = None
-
-    async def _autoscale_loop(self, policy: AutoscalePolicy) -> None:
-        while True:
-            await asyncio.sleep(policy.options.interval)
-            try:
-                await self.autoscale_once(policy)
-            except (OSError, FlowError, asyncio.TimeoutError) as exc:  # try again on the next round
-                self.last_error = exc
+        self.supervisor.stop("autoscale")
 
     async def autoscale_once(self, policy: AutoscalePolicy) -> list[Instruction]:
         """One look at the load: the policy's instructions, started (they finish in the background)."""
@@ -428,7 +465,7 @@ class Controller:
             out = self.policy.summary(asyncio.get_running_loop().time())
             for name, view in out["stages"].items():
                 view["replicas"] = len(self.stages[name].replicas)  # live, not as of the last look
-            out["running"] = self._autoscaler is not None and not self._autoscaler.done()
+            out["running"] = self.supervisor.running("autoscale")
         else:
             out = {"enabled": False, "stages": {}}
             for name, srt in self.stages.items():
@@ -441,11 +478,9 @@ class Controller:
     async def close(self) -> None:
         """Stop watching and autoscaling, and stop every replica (unreachable workers are skipped)."""
         self._closed = True
-        self.stop_autoscale()
+        await self.supervisor.close()
         for task in list(self._applying):
             task.cancel()
-        if self._watcher is not None:
-            self._watcher.cancel()
         by_worker: dict[str, list[str]] = {}
         for task in list(self._delayed):
             task.cancel()
@@ -453,7 +488,7 @@ class Controller:
             by_worker.setdefault(worker, []).append(rid)
         self._retiring.clear()
         for srt in self.stages.values():
-            for r in list(srt.replicas):
+            for r in [*srt.replicas, *srt.draining]:
                 by_worker.setdefault(r.worker, []).append(r.id)
                 srt.remove(r)
         calls: list[Any] = [asyncio.wait_for(self.pool(w).cf_stop(replicas=ids), 5) for w, ids in by_worker.items()]

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from cloudflow_nb.errors import DeploymentError, FlowError, FlowTimeoutError
 from cloudflow_nb.runtime.autoscale import Autoscale
 from cloudflow_nb.runtime.controller import Controller, WorkerScaler
-from cloudflow_nb.runtime.router import Router, stage_runtimes
+from cloudflow_nb.runtime.router import DEFAULT_QUEUE, Router, stage_runtimes
 from cloudflow_nb.table import Table
 
 if TYPE_CHECKING:
@@ -52,14 +52,19 @@ class Deployment:
         store: Store,
         timeout: float,
         scaler: WorkerScaler | None = None,
+        max_inflight: int | None = None,
+        stage_timeout: float | None = None,
+        max_queue: int | None = None,
     ) -> None:
         self.flow = flow
         self.plan = plan
         self.timeout = timeout
         self._loop = loop
         self._closed = False
-        stages = stage_runtimes(plan)
-        self._controller = Controller(f"{plan.name}-{uuid.uuid4().hex[:8]}", loop.pool, scheduler, stages, scaler)
+        stages = stage_runtimes(plan, max_inflight, DEFAULT_QUEUE if max_queue is None else max_queue)
+        self._controller = Controller(
+            f"{plan.name}-{uuid.uuid4().hex[:8]}", loop.pool, scheduler, stages, scaler, stage_timeout or timeout
+        )
         self._router = Router(plan, stages, loop.pool, store, self._controller)
 
     def start(self) -> Deployment:
@@ -175,12 +180,19 @@ class Deployment:
                 "batching": stage.batching.max_batch_size if stage.batching else None,
                 "locality": stage.locality,
                 "in_router": stage.in_router,
+                "max_inflight": srt.limit,
+                "max_queue": srt.max_queue,
+                "queued": len(srt.waiting),
+                "inflight": sum(srt.inflight.values()),
+                "draining": [r.worker for r in srt.draining],
             }
         return {
             "flow": self.plan.name,
             "requests": self._router.requests.summary(),
             "stages": stages,
             "autoscale": self._controller.autoscale_summary(),
+            "health": self._controller.health.summary(),
+            "background": self._controller.supervisor.summary(),
         }
 
     def close(self) -> None:

@@ -8,6 +8,9 @@ workers that join later). It installs the store's handlers and these:
 - ``cf_call`` runs one request's inputs through a replica, returning the output inline or keeping
   it on this worker as a reference; ``cf_fetch``/``cf_release`` serve and free those outputs;
 - ``cf_cancel`` drops queued calls of requests that no longer need them (race losers);
+- ``cf_health`` tells the controller, per replica, the calls it holds and how long its running
+  batch has run; ``cf_drain`` takes an unhealthy replica out of service (its queued calls go back to
+  the router, which sends them elsewhere);
 - ``cf_fast`` starts (once) a :class:`~cloudflow_nb.runtime.fastpath.FastServer` on the worker's
   own event loop serving ``cf_call``, ``cf_cancel`` and ``cf_release`` (over TLS on a ``tls://``
   cluster), and returns its port and the secret its handshake asks for (``None`` on other
@@ -17,6 +20,10 @@ User code runs in each replica's own thread, fed by a :class:`~cloudflow_nb.runt
 queue. One exception saves two thread hops per call: a replica whose last ``INLINE_AFTER`` batches
 each took under ``INLINE_BUDGET`` (a filter, a lookup, a cheap transform) runs its batches on the
 worker's event loop, and goes back to its thread the first time a batch takes longer.
+
+Admission: a replica holds at most ``StageSpec.max_inflight`` calls (running and queued); one more
+is refused at once (``"overload"``), a call whose deadline has passed is never started
+(``"expired"``), and a queued call that expires is dropped, not run.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from cloudflow_nb.plan import Node, StageInput
 from cloudflow_nb.runtime.batcher import Batcher, Run, WaitUntil
 from cloudflow_nb.runtime.device import gpu_device_name, using_device
 from cloudflow_nb.runtime.fastpath import FastServer
+from cloudflow_nb.runtime.health import ReplicaProbe
 from cloudflow_nb.runtime.local import LocalEngine
 from cloudflow_nb.runtime.store import WorkerStoreView, WorkerValues, store_key
 from cloudflow_nb.runtime.wire import INLINE_LIMIT, decode_table, encode_table, pack_error, table_nbytes
@@ -56,15 +64,23 @@ INLINE_BUDGET = 0.0002  # seconds: a batch this cheap may run on the worker's ev
 INLINE_AFTER = 20  # consecutive cheap batches before a replica runs inline
 CANCEL_TTL = 60.0  # seconds a cancelled request is remembered, in case its call arrives after the cancel
 
+# What a call ends with when it never ran: the router's reading of each is in router.py.
+CANCELLED = "cancelled"  # its request no longer needs it (a race was lost)
+EXPIRED = "expired"  # its deadline passed before it could start
+OVERLOADED = "overload"  # the replica already held max_inflight calls
+DRAINED = "drained"  # the replica was taken out of service: send the call elsewhere
+
 
 @dataclass(frozen=True)
 class StageSpec:
-    """What a worker needs to serve a stage: its name, program, batching and device class."""
+    """What a worker needs to serve a stage: its name, program, batching, device class and the
+    most calls one replica may hold at once (``None``: no limit)."""
 
     name: str
     program: Node
     batching: Batching | None = None
     gpu: bool = False
+    max_inflight: int | None = None
 
     @property
     def slots(self) -> list[StageInput]:
@@ -99,6 +115,9 @@ class Replica:
         self._closed = False
         self._cheap_runs = 0  # consecutive batches under INLINE_BUDGET
         self._cancelled: dict[str, float] = {}  # request -> when it was cancelled (oldest first)
+        self.active = 0  # calls held: running or queued
+        self._batch_started: float | None = None  # loop time the running batch started
+        self._draining = False
 
     async def start(self) -> None:
         """Build the stage's class-based operators in the replica's own thread."""
@@ -108,19 +127,41 @@ class Replica:
         with using_device(self.device):
             self.engine.warm_up(self.spec.program)
 
-    async def call(self, request: str, inputs: Sequence[Table], timeout: float) -> tuple[Table | FlowError | None, int]:
-        """Queue one request's inputs; its result (or error, or ``None`` when it was cancelled or
-        expired in the queue) and the size of the batch it ran in."""
+    async def call(self, request: str, inputs: Sequence[Table], timeout: float) -> tuple[Table | FlowError | str, int]:
+        """Queue one request's inputs; its result or error and the size of the batch it ran in, or
+        why it never ran (:data:`CANCELLED`, :data:`EXPIRED`, :data:`OVERLOADED`, :data:`DRAINED`)."""
         if request in self._cancelled:  # the cancel overtook the call
-            return None, 0
+            return CANCELLED, 0
+        if self._draining:
+            return DRAINED, 0
+        if timeout <= 0:
+            return EXPIRED, 0
+        limit = self.spec.max_inflight
+        if limit is not None and self.active >= limit:
+            return OVERLOADED, 0
         loop = asyncio.get_running_loop()
         now = loop.time()
         item = _Call(request, dict(zip(self.slots, inputs, strict=True)), now + timeout, loop.create_future())
         if self._cheap_runs >= INLINE_AFTER and not self.batcher.busy and not len(self.batcher):
             return self._run_batch([item])[0], 1  # cheap and idle: no queue, no thread, no extra loop turn
-        self.batcher.add(item, now)
-        self._pump()
-        return await item.future
+        self.active += 1
+        try:
+            self.batcher.add(item, now)
+            self._pump()
+            return await item.future
+        finally:
+            self.active -= 1
+
+    def probe(self) -> ReplicaProbe:
+        """Calls held, and seconds the running batch has run (0 when idle)."""
+        started = self._batch_started
+        running_for = 0.0 if started is None else asyncio.get_running_loop().time() - started
+        return ReplicaProbe(self.active, running_for)
+
+    def drain(self) -> None:
+        """Take no more calls; queued ones end with :data:`DRAINED` (the router sends them elsewhere)."""
+        self._draining = True
+        self._drop(lambda c: True, DRAINED)
 
     def cancel(self, requests: set[str]) -> None:
         """Drop queued calls of these requests, and their calls that arrive later."""
@@ -130,18 +171,21 @@ class Replica:
         self._cancelled.update(dict.fromkeys(requests, now))
         self._drop(lambda c: c.request in requests)
 
-    def _drop(self, predicate: Any) -> None:
+    def _drop(self, predicate: Any, why: str = CANCELLED) -> None:
         for item in self.batcher.drop(predicate):
             if not item.future.done():
-                item.future.set_result((None, 0))
+                item.future.set_result((why, 0))
 
     def _pump(self) -> None:
         if self._closed:
             return
         loop = asyncio.get_running_loop()
         now = loop.time()
-        self._drop(lambda c: c.deadline <= now or c.future.done())
+        self._drop(lambda c: c.future.done())
+        self._drop(lambda c: c.deadline <= now, EXPIRED)
         action = self.batcher.poll(now)
+        if isinstance(action, Run):
+            self._batch_started = now
         if isinstance(action, Run) and self._cheap_runs >= INLINE_AFTER:
             outcomes = self._run_batch(action.items)
             loop.call_soon(self._deliver, action.items, outcomes)
@@ -154,10 +198,11 @@ class Replica:
             self._timer = loop.call_at(action.deadline, self._pump)
 
     def _finished(self, items: list[_Call], job: asyncio.Future[list[Table | FlowError]]) -> None:
-        self._deliver(items, [None] * len(items) if job.cancelled() else job.result())
+        self._deliver(items, [CANCELLED] * len(items) if job.cancelled() else job.result())
 
     def _deliver(self, items: list[_Call], outcomes: list[Any]) -> None:
         self.batcher.finished()
+        self._batch_started = None
         for item, outcome in zip(items, outcomes, strict=True):
             if not item.future.done():
                 item.future.set_result((outcome, len(items)))
@@ -214,6 +259,8 @@ class CloudflowWorker(WorkerPlugin):
                 "cf_release": self.release,
                 "cf_cancel": self.cancel,
                 "cf_fast": self.fast_port,
+                "cf_health": self.health,
+                "cf_drain": self.drain,
             }
         )
 
@@ -269,8 +316,8 @@ class CloudflowWorker(WorkerPlugin):
         if tables is None:
             return {"status": "lost-input"}
         outcome, batch = await rep.call(request, tables, timeout)
-        if outcome is None:
-            return {"status": "cancelled"}
+        if isinstance(outcome, str):
+            return {"status": outcome}
         if isinstance(outcome, FlowError):
             return {"status": "error", "batch": batch, **pack_error(outcome)}
         reply: dict[str, Any] = {"status": "ok", "batch": batch, "peek": _peek(outcome, peek)}
@@ -322,6 +369,23 @@ class CloudflowWorker(WorkerPlugin):
         rep = self.replicas.get(replica)
         if rep is not None:
             rep.cancel(set(requests))
+
+    def health(self, replicas: list[str]) -> dict[str, tuple[int, float]]:
+        """``(calls held, seconds its batch has run)`` of each of these replicas this worker knows."""
+        out = {}
+        for rid in replicas:
+            rep = self.replicas.get(rid)
+            if rep is not None:
+                probe = rep.probe()
+                out[rid] = (probe.active, probe.running_for)
+        return out
+
+    def drain(self, replicas: list[str]) -> None:
+        """Take replicas out of service: they refuse new calls and hand back their queued ones."""
+        for rid in replicas:
+            rep = self.replicas.get(rid)
+            if rep is not None:
+                rep.drain()
 
     def _sweep(self) -> None:
         now = time.monotonic()

@@ -6,8 +6,16 @@ comms; the scheduler never sees a request), and meets the results:
 
 - a stage call goes to the least busy replica, or to the replica on the worker holding the store
   key of a locality stage; a competitive stage races replicas on distinct workers;
-- a call lost with its worker is retried on another replica (waiting for a re-placed one when none
-  is left); a request whose kept intermediate output died with its worker starts again;
+- admission: a replica holds at most ``StageRuntime.limit`` calls; when no replica of a stage has
+  room the call waits in the stage's queue (first come, first served) of at most
+  ``StageRuntime.max_queue`` calls, and when that is full too the request fails at once with an
+  ``OverloadError``: no queue grows without bound. A call is never sent once its deadline has
+  passed, and one that expires while queued leaves the queue;
+- a call counts as in flight on its replica until the replica answers, even when its request gave
+  up earlier (a deadline, a lost race): a busy replica is never mistaken for an idle one;
+- a call lost with its worker, or handed back by a replica being drained, is retried on another
+  replica (waiting for a re-placed one when none is left); a request whose kept intermediate output
+  died with its worker starts again;
 - ``anyof`` stages run here and take the first input that arrives;
 - the whole request has one deadline.
 """
@@ -17,17 +25,19 @@ from __future__ import annotations
 import asyncio
 import functools
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from cloudflow_nb.errors import FlowError, FlowTimeoutError
+from cloudflow_nb.errors import FlowError, FlowTimeoutError, OverloadError
 from cloudflow_nb.physical import SOURCE, Plan, Stage
 from cloudflow_nb.plan import AnyOf, Node, StageInput
+from cloudflow_nb.runtime.admission import default_limit, retry_after, with_room
+from cloudflow_nb.runtime.comm import worker_gone
 from cloudflow_nb.runtime.fastpath import fast_pool
 from cloudflow_nb.runtime.local import LocalEngine
-from cloudflow_nb.runtime.racing import AllLost, Race, Win
+from cloudflow_nb.runtime.racing import AllLost, Keep, Race, Win
 from cloudflow_nb.runtime.routing import ReplicaRef, choose_racers, choose_replica
 from cloudflow_nb.runtime.stats import Recorder
 from cloudflow_nb.runtime.wire import Ref, decode_table, encode_table, table_nbytes, unpack_error
@@ -43,6 +53,8 @@ if TYPE_CHECKING:
 __all__ = ["Output", "Router", "StageRuntime", "stage_runtimes"]
 
 MAX_ATTEMPTS = 3
+RECENT = 200  # call latencies a stage's Retry-After estimate is taken over
+DEFAULT_QUEUE = 100  # calls per stage that may wait for a replica with room
 # bytes: a call moving more inline data than this goes over Dask comms, whose out-of-band buffers
 # beat the fast path's pickled frames for arrays of megabytes
 BULKY = 1 << 20
@@ -79,7 +91,11 @@ class StageRuntime:
     stage: Stage
     keep: bool = False
     peek: list[str] = field(default_factory=list)
+    limit: int = 4  # calls one replica may hold at once (admission control)
+    max_queue: int = DEFAULT_QUEUE  # calls that may wait here for a replica with room
+    waiting: deque[asyncio.Future[None]] = field(default_factory=deque)
     replicas: list[ReplicaRef] = field(default_factory=list)
+    draining: set[ReplicaRef] = field(default_factory=set)
     devices: dict[ReplicaRef, str] = field(default_factory=dict)
     inflight: dict[ReplicaRef, int] = field(default_factory=dict)
     answered: Counter[ReplicaRef] = field(default_factory=Counter)
@@ -93,18 +109,49 @@ class StageRuntime:
         self.replicas.append(replica)
         self.devices[replica] = device
         self.changed.set()
+        for _ in range(self.limit):
+            self.wake()
+
+    def wake(self) -> None:
+        """Let the first queued call try again (a replica may have room)."""
+        while self.waiting:
+            waiter = self.waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
 
     def remove(self, replica: ReplicaRef) -> None:
-        """A replica is gone."""
-        if replica in self.devices:
+        """A replica is gone (calls still in flight on it keep counting until they end)."""
+        if replica in self.replicas:
             self.replicas.remove(replica)
-            del self.devices[replica]
+        self.devices.pop(replica, None)
+        self.draining.discard(replica)
+        if not self.inflight.get(replica):
             self.inflight.pop(replica, None)
 
+    def drain(self, replica: ReplicaRef) -> None:
+        """Stop routing calls to ``replica`` (unhealthy); it stays known until it is stopped."""
+        if replica in self.devices:
+            self.replicas.remove(replica)
+            self.draining.add(replica)
 
-def stage_runtimes(plan: Plan) -> dict[str, StageRuntime]:
+    def ended(self, replica: ReplicaRef) -> None:
+        """A call on ``replica`` ended (answered, refused or lost)."""
+        left = self.inflight.get(replica, 0) - 1
+        if left > 0 or (left == 0 and (replica in self.devices)):
+            self.inflight[replica] = left
+        else:
+            self.inflight.pop(replica, None)
+        self.wake()
+
+
+def stage_runtimes(
+    plan: Plan, max_inflight: int | None = None, max_queue: int = DEFAULT_QUEUE
+) -> dict[str, StageRuntime]:
     """A runtime record per stage; outputs read by a remote stage only may stay on their worker,
-    and a stage reports the first-row values its readers route by."""
+    a stage reports the first-row values its readers route by, each replica holds at most
+    ``max_inflight`` calls (default: :func:`~cloudflow_nb.runtime.admission.default_limit`) and at
+    most ``max_queue`` more wait here for room."""
     readers: dict[str, list[Stage]] = {s.name: [] for s in plan.stages}
     for stage in plan.stages:
         for name in stage.inputs:
@@ -114,15 +161,21 @@ def stage_runtimes(plan: Plan) -> dict[str, StageRuntime]:
     for stage in plan.stages:
         keep = stage is not plan.output and not any(r.in_router for r in readers[stage.name])
         peek = sorted({r.locality for r in readers[stage.name] if r.locality})
-        out[stage.name] = StageRuntime(stage, keep, peek)
+        limit = default_limit(stage) if max_inflight is None else max_inflight
+        out[stage.name] = StageRuntime(stage, keep, peek, limit, max_queue)
     return out
 
 
 class _Lost:
-    """A call that will never answer (its replica or worker is gone)."""
+    """A call that will never answer (its replica or worker is gone, or it was drained)."""
+
+
+class _Full:
+    """A call the replica refused: it already held as many calls as it may."""
 
 
 LOST = _Lost()
+FULL = _Full()
 
 
 class _InputLost(Exception):
@@ -171,6 +224,9 @@ class Router:
                 f"flow {self.plan.name!r}: request failed {MAX_ATTEMPTS} times because workers holding "
                 "its intermediate results died"
             )
+        except OverloadError:
+            self.requests.rejected += 1
+            raise
         except FlowError:
             raise
         except asyncio.TimeoutError:
@@ -269,24 +325,36 @@ class Router:
     async def _call(self, srt: StageRuntime, rid: str, inputs: Sequence[Output], deadline: float) -> Output:
         stage = srt.stage
         prefer = await self._locality(stage, inputs) if stage.locality else None
-        lost: set[ReplicaRef] = set()
+        lost: set[ReplicaRef] = set()  # gone, or drained: wait for others when none is left
+        full: set[ReplicaRef] = set()  # refused this call for want of room
         loop = asyncio.get_running_loop()
+        woken = False
         while True:
-            if stage.competitive:
-                chosen = choose_racers(srt.replicas, srt.inflight, stage.replicas, lost)
-            else:
-                one = choose_replica(srt.replicas, srt.inflight, srt.turn, prefer, lost)
-                srt.turn += 1
-                chosen = [] if one is None else [one]
-            if not chosen:
+            live = [r for r in srt.replicas if r not in lost]
+            if not live:
                 await self._await_replicas(srt, lost)
                 continue
+            room = with_room((r for r in live if r not in full), srt.inflight, srt.limit)
+            if not room or (srt.waiting and not woken):  # first come, first served
+                await self._queue(srt, len(live), first=woken)
+                full.clear()
+                woken = True
+                continue
+            if stage.competitive:
+                chosen = choose_racers(room, srt.inflight, stage.replicas)
+            else:
+                one = choose_replica(room, srt.inflight, srt.turn, prefer)
+                srt.turn += 1
+                chosen = [] if one is None else [one]
             start = loop.time()
             if len(chosen) == 1:
                 result = await self._send(srt, chosen[0], rid, inputs, deadline)
             else:
                 result = await self._race(srt, chosen, rid, inputs, deadline)
-            if isinstance(result, _Lost):
+            if result is FULL:
+                full.update(chosen)
+                continue
+            if not isinstance(result, tuple):
                 lost.update(chosen)
                 srt.stats.retries += 1
                 continue
@@ -295,6 +363,35 @@ class Router:
             if isinstance(outcome, FlowError):
                 raise outcome
             return outcome
+
+    async def _queue(self, srt: StageRuntime, replicas: int, first: bool) -> None:
+        """Wait in the stage's queue until a replica may have room (``first``: at its head, for a
+        call that was already woken once); ``OverloadError`` at once when the queue is full."""
+        if not first and len(srt.waiting) >= srt.max_queue:
+            raise self._overloaded(srt, replicas)
+        waiter = asyncio.get_running_loop().create_future()
+        if first:
+            srt.waiting.appendleft(waiter)
+        else:
+            srt.waiting.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:  # its deadline passed while queued: leave the queue
+            if waiter in srt.waiting:
+                srt.waiting.remove(waiter)
+            elif waiter.done() and not waiter.cancelled():
+                srt.wake()  # it was woken as it gave up: pass the turn on
+            raise
+
+    def _overloaded(self, srt: StageRuntime, replicas: int) -> OverloadError:
+        srt.stats.rejected += 1
+        wait = retry_after(list(srt.stats.latencies)[-RECENT:], replicas, srt.limit)
+        return OverloadError(
+            f"stage {srt.stage.name!r} is full: its {replicas} replica(s) hold {srt.limit} calls each "
+            f"and {len(srt.waiting)} more are queued; retry in {wait:g} s",
+            srt.stage.name,
+            wait,
+        )
 
     async def _await_replicas(self, srt: StageRuntime, lost: set[ReplicaRef]) -> None:
         while not [r for r in srt.replicas if r not in lost]:
@@ -305,12 +402,13 @@ class Router:
 
     async def _send(
         self, srt: StageRuntime, replica: ReplicaRef, rid: str, inputs: Sequence[Output], deadline: float
-    ) -> tuple[Output | FlowError, int] | _Lost:
-        remaining = max(0.0, deadline - asyncio.get_running_loop().time())
-        srt.inflight[replica] = srt.inflight.get(replica, 0) + 1
-        try:
-            bulky = srt.bulky or any(i.table is not None and table_nbytes(i.table) > BULKY for i in inputs)
-            reply = await self.fast.call(
+    ) -> tuple[Output | FlowError, int] | _Lost | _Full:
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:  # never start a call nobody will wait for
+            raise asyncio.TimeoutError
+        bulky = srt.bulky or any(i.table is not None and table_nbytes(i.table) > BULKY for i in inputs)
+        call = asyncio.ensure_future(
+            self.fast.call(
                 replica.worker,
                 "cf_call",
                 bulky=bulky,
@@ -321,16 +419,21 @@ class Router:
                 keep=srt.keep,
                 peek=srt.peek,
             )
-        except OSError:
-            self.controller.worker_lost(replica.worker)
-            return LOST
-        except Exception as exc:  # the call itself broke (e.g. a value that cannot be pickled)
+        )
+        srt.inflight[replica] = srt.inflight.get(replica, 0) + 1
+        call.add_done_callback(lambda _: srt.ended(replica))
+        try:
+            reply = await asyncio.shield(call)  # given up on (deadline, lost race): the call runs on
+        except asyncio.CancelledError:
+            call.add_done_callback(self._release_late)
+            raise
+        except Exception as exc:
+            if worker_gone(exc):
+                self.controller.worker_lost(replica.worker)
+                return LOST
             error = FlowError(f"stage {srt.stage.name!r}: call to {replica.worker} failed: {type(exc).__name__}: {exc}")
             error.__cause__ = exc
             return error, 0
-        finally:
-            if replica in srt.inflight:
-                srt.inflight[replica] -= 1
         status = reply["status"]
         if status in ("ok", "error"):
             srt.answered[replica] += 1
@@ -342,15 +445,19 @@ class Router:
             return Output(table, ref, reply.get("peek") or {}), reply["batch"]
         if status == "error":
             return unpack_error(reply), reply["batch"]
+        if status == "overload":
+            return FULL
+        if status == "expired":
+            raise asyncio.TimeoutError
         if status == "lost-input":
             raise _InputLost
         if status == "no-replica":
             self.controller.replica_lost(replica)
-        return LOST
+        return LOST  # no-replica, drained, cancelled
 
     async def _race(
         self, srt: StageRuntime, racers: list[ReplicaRef], rid: str, inputs: Sequence[Output], deadline: float
-    ) -> tuple[Output | FlowError, int] | _Lost:
+    ) -> tuple[Output | FlowError, int] | _Lost | _Full:
         race = Race(list(racers))
         calls = {asyncio.ensure_future(self._send(srt, r, rid, inputs, deadline)): r for r in racers}
         waiting = set(calls)
@@ -359,7 +466,9 @@ class Router:
                 done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
                 for call in done:
                     result = call.result()
-                    decision = race.lost(calls[call]) if result is LOST else race.answered(calls[call], result)
+                    decision: Win | Keep | AllLost = (
+                        race.answered(calls[call], result) if isinstance(result, tuple) else race.lost(calls[call])
+                    )
                     if isinstance(decision, Win):
                         for loser in decision.losers:
                             self._spawn(self.fast.call(loser.worker, "cf_cancel", replica=loser.id, requests=[rid]))
@@ -368,7 +477,7 @@ class Router:
                         waiting = set()
                         return result
                     if isinstance(decision, AllLost):
-                        return LOST
+                        return FULL if all(c.result() is FULL for c in calls) else LOST
             return LOST
         finally:
             for call in waiting:
@@ -383,7 +492,9 @@ class Router:
             if key is not None:
                 try:
                     return await self.store.locate(key)
-                except OSError:
+                except Exception as exc:  # no locality for now; the call itself still runs
+                    if not worker_gone(exc) and not isinstance(exc, TimeoutError):
+                        raise
                     return None
         return None
 
@@ -392,8 +503,16 @@ class Router:
         if call.cancelled() or call.exception() is not None:
             return
         result = call.result()
-        if result is not LOST and isinstance(result[0], Output) and result[0].ref is not None:
+        if isinstance(result, tuple) and isinstance(result[0], Output) and result[0].ref is not None:
             self._release([result[0].ref])
+
+    def _release_late(self, call: asyncio.Future[Any]) -> None:
+        """A call whose request gave up answered after all: free whatever output it kept."""
+        if call.cancelled() or call.exception() is not None:
+            return
+        reply = call.result()
+        if reply.get("status") == "ok" and "ref" in reply:
+            self._release([Ref(*reply["ref"])])
 
     def _release(self, refs: list[Ref]) -> None:
         by_worker: dict[str, list[str]] = {}

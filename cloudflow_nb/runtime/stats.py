@@ -26,12 +26,13 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 class Recorder:
-    """Counts, errors, retries, the last ``WINDOW`` latencies and the batch sizes seen."""
+    """Counts, errors, retries, admission rejections, the last ``WINDOW`` latencies and the batch sizes seen."""
 
     def __init__(self) -> None:
         self.count = 0
         self.errors = 0
         self.retries = 0
+        self.rejected = 0  # refused at admission (OverloadError)
         self.latencies: deque[float] = deque(maxlen=WINDOW)
         self.batched_calls: Counter[int] = Counter()
 
@@ -50,6 +51,7 @@ class Recorder:
             "count": self.count,
             "errors": self.errors,
             "retries": self.retries,
+            "rejected": self.rejected,
             "p50_ms": _ms(percentile(lat, 50)),
             "p99_ms": _ms(percentile(lat, 99)),
         }

@@ -71,7 +71,7 @@ def cli_cluster() -> Iterator[tuple[distributed.Client, list[subprocess.Popen[by
 def test_killed_worker_under_load_every_request_ends(cli_cluster):
     client, _procs = cli_cluster
     flow = X.map(slow_inc, names={"y": int}).map(device_of, names={"dev": str}, gpu=True)
-    with cf.connect(client) as cluster, cluster.deploy(flow, optimize=cf.Optimize(fusion=False)) as dep:
+    with cf.connect(client) as cluster, cluster.deploy(flow, optimize=cf.Optimize(fusion=False), max_queue=200) as dep:
         cpu_stage = next(s.name for s in dep.plan.stages if not s.gpu)
         (victim,) = [r["worker"] for r in dep.stats()["stages"][cpu_stage]["replicas"]]
         pid = client.run(os.getpid)[victim]

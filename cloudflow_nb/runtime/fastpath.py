@@ -18,7 +18,9 @@ Dask comm. Worker-to-worker fetches of kept outputs stay on Dask comms: they car
 
 Security: each worker's server holds a random 32-byte secret of its own, handed out only over
 Dask comms (``cf_fast``, with the port: the trust Dask already asks, since whoever can call a
-worker over Dask comms can run code there). A new connection must first complete the handshake of
+worker over Dask comms can run code there). One secret per worker rather than per cluster: a
+leaked secret opens one worker, and workers that join later, or callers that attach later from
+other processes, need nothing from the scheduler. A new connection must first complete the handshake of
 :mod:`~cloudflow_nb.runtime.auth` (nonces from both ends, HMAC-SHA256 bound to each role), in
 fixed-size messages and within ``handshake-timeout``; until then nothing is read as a frame and
 nothing is unpickled, on either side, and a wrong byte, a wrong MAC or a late answer closes the

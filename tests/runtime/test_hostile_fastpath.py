@@ -7,6 +7,7 @@ machines first, without a cluster.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import os
@@ -23,7 +24,9 @@ import psutil
 import pytest
 
 import cloudflow_nb as cf
+from cloudflow_nb.runtime import fastpath
 from cloudflow_nb.runtime.auth import HELLO, MAGIC, AuthError, ClientHandshake, ServerHandshake, new_secret
+from cloudflow_nb.runtime.fastpath import FastServer, FastSettings, open_connection
 
 HANDSHAKE_TIMEOUT = 1.0  # seconds, on the test cluster's workers
 
@@ -78,6 +81,50 @@ def test_only_the_fixed_handshake_sizes_are_accepted() -> None:
         client.feed(b"HTTP/1.1" + bytes(HELLO - 8))
     with pytest.raises(AuthError, match="before the answer"):
         ClientHandshake(secret).feed(ServerHandshake(secret).hello + bytes(32))
+
+
+def test_connections_beyond_the_handshake_limit_are_closed_at_once(monkeypatch) -> None:
+    monkeypatch.setattr(fastpath, "MAX_PENDING", 3)
+
+    async def main() -> None:
+        server = FastServer({}, "127.0.0.1", settings=FastSettings(handshake_timeout=30))
+        port = await server.start()
+        streams = [await asyncio.open_connection("127.0.0.1", port) for _ in range(5)]
+        try:
+            greeted = [await asyncio.wait_for(reader.read(HELLO), 10) for reader, _ in streams]
+            assert [len(g) for g in greeted] == [HELLO] * 3 + [0] * 2
+            assert (server.refused, server._pending) == (2, 3)
+        finally:
+            for _, writer in streams:
+                writer.close()
+            server.close()
+        assert server._pending == 0
+
+    asyncio.run(main())
+
+
+def test_a_server_without_the_secret_never_gets_a_request() -> None:
+    async def main() -> None:
+        received: list[bytes] = []
+        finished = asyncio.Event()
+
+        async def impostor(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(MAGIC + os.urandom(32))
+            received.append(await reader.readexactly(64))
+            writer.write(os.urandom(32))  # a proof made without the secret
+            received.append(await reader.read(65536))  # what a fooled client would send next
+            writer.close()
+            finished.set()
+
+        server = await asyncio.start_server(impostor, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        with pytest.raises(AuthError, match="server's proof"):
+            await open_connection("127.0.0.1", port, new_secret(), settings=FastSettings(handshake_timeout=10))
+        await asyncio.wait_for(finished.wait(), 10)
+        server.close()
+        assert [len(r) for r in received] == [64, 0], "the handshake answer, then nothing"
+
+    asyncio.run(main())
 
 
 # -- against a real worker ------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from typing import Any
 import dask
 import psutil
 import pytest
+from distributed.security import Security
 
 import cloudflow_nb as cf
 from cloudflow_nb.runtime import fastpath
@@ -284,7 +285,8 @@ def test_garbage_and_a_slow_loris_are_dropped_after_the_time_limit(target) -> No
 @pytest.mark.cluster
 @pytest.mark.slow
 def test_a_tls_cluster_keeps_the_fast_path(tmp_path) -> None:
-    with cf.LocalCluster(workers=1, gpu_workers=0, dashboard=False, security=True) as cluster:
+    security = Security.temporary()
+    with cf.LocalCluster(workers=1, gpu_workers=0, dashboard=False, security=security) as cluster:
         assert cluster.scheduler_address.startswith("tls://")
         with cluster.deploy(cf.Flow("tls", x=int).map(triple, names={"y": int})) as dep:
             fast = dep._router.fast
@@ -301,3 +303,7 @@ def test_a_tls_cluster_keeps_the_fast_path(tmp_path) -> None:
             assert not marker.exists()
             assert dep.predict({"x": 7})[0]["y"] == 21
             assert (fast.calls >= 51, fast.fallbacks) == (True, 0)
+        later = cf.connect(cluster.scheduler_address, security=security)  # a client attaching later
+        with later, later.deploy(cf.Flow("tls2", x=int).map(triple, names={"y": int})) as dep:
+            assert [dep.predict({"x": i})[0]["y"] for i in range(5)] == [0, 3, 6, 9, 12]
+            assert (dep._router.fast.calls >= 5, dep._router.fast.fallbacks) == (True, 0)

@@ -2,9 +2,10 @@
 
 Runs, on one 2-worker LocalCluster (worker processes): the function called in-process, raw
 ``client.submit(f).result()`` through the scheduler, a deployed one-stage no-op flow, and a
-deployed four-stage flow (unfused: four replica hops). Prints median and p99 of each and the
-ratios against the design targets: deployed no-op at most 0.15x the raw submit median and at most
-1 ms above the in-process call.
+deployed four-stage flow (unfused: four replica hops); then the one-stage no-op again on a TLS
+cluster (``security=True``: the fast path over TLS, handshake once per connection). Prints median
+and p99 of each and the ratios against the design targets: deployed no-op at most 0.15x the raw
+submit median and at most 1 ms above the in-process call.
 
 Run: ``python benchmarks/overhead.py [--quick]`` (about a minute; ``--quick``: 300 requests per case).
 """
@@ -38,6 +39,9 @@ def main() -> None:
         with cluster.deploy(four, optimize=cf.Optimize(fusion=False)) as dep:
             assert len(dep.plan.stages) == 4
             results["deployed 4-stage (unfused)"] = sequential(lambda i: dep.predict({"x": i}), n, warmup=50)
+    with cf.LocalCluster(workers=2, gpu_workers=0, dashboard=False, security=True) as tls, tls.deploy(one) as dep:
+        results["deployed 1-stage no-op (TLS)"] = sequential(lambda i: dep.predict({"x": i}), n, warmup=50)
+        assert dep._router.fast.fallbacks == 0, "a TLS cluster keeps the fast path"
 
     stats = {name: summary(times) for name, times in results.items()}
     raw = stats["client.submit(f).result()"]["median"]

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import dask
 from distributed import Client, Nanny, Scheduler, SpecCluster, Worker
+from distributed.security import Security
 
 from cloudflow_nb.errors import DeploymentError
 from cloudflow_nb.runtime.controller import ReplicaGuard, WorkerScaler, list_workers
@@ -190,6 +191,9 @@ class LocalCluster(Cluster):
         Serve the Dask dashboard on a free port.
     compute_threads : int, optional
         ``OMP/MKL/OPENBLAS_NUM_THREADS`` in each worker process; default: cores / workers.
+    security : distributed.Security or bool, optional
+        TLS for the scheduler, the workers, this client and the fast request path: a Dask
+        ``Security`` with certificates, or ``True`` for temporary ones (``Security.temporary()``).
 
     The autoscaler (``dep.autoscale``) may add workers of either kind, with the same options, and
     give them back when they are idle.
@@ -208,24 +212,34 @@ class LocalCluster(Cluster):
         processes: bool = True,
         dashboard: bool = True,
         compute_threads: int | None = None,
+        security: Security | bool | None = None,
     ) -> None:
         if workers < 0 or gpu_workers < 0 or workers + gpu_workers == 0:
             raise DeploymentError(
                 f"LocalCluster: needs at least one worker (workers={workers!r}, gpu_workers={gpu_workers!r})"
             )
+        tls = _tls_security(security)
         self._spec = functools.partial(
             _worker_spec,
             compute_threads or max(1, (os.cpu_count() or 1) // (workers + gpu_workers)),
             threads_per_worker,
             processes,
             _cuda_devices(),
+            tls,
         )
         specs = {f"cpu-{i}": self._spec(False, i) for i in range(workers)}
         specs.update({f"gpu-{i}": self._spec(True, i) for i in range(gpu_workers)})
         self._next = {False: itertools.count(workers), True: itertools.count(gpu_workers)}
         scheduler = {
             "cls": Scheduler,
-            "options": {"host": "127.0.0.1", "port": 0, "dashboard": dashboard, "dashboard_address": ":0"},
+            "options": {
+                "host": "127.0.0.1",
+                "protocol": "tls://" if tls else "tcp://",
+                "port": 0,
+                "dashboard": dashboard,
+                "dashboard_address": ":0",
+                "security": tls,
+            },
         }
         # The nannies' default pre-spawn environment trims malloc aggressively (slow for models)
         # and writes its variables into this process too; thread counts go per worker instead.
@@ -233,7 +247,9 @@ class LocalCluster(Cluster):
         for var in ("MALLOC_TRIM_THRESHOLD_", *_THREAD_VARS):
             config[f"distributed.nanny.pre-spawn-environ.{var}"] = None
         with dask.config.set(config):
-            self.cluster = SpecCluster(workers=specs, scheduler=scheduler, silence_logs=logging.ERROR, name="cloudflow")
+            self.cluster = SpecCluster(
+                workers=specs, scheduler=scheduler, silence_logs=logging.ERROR, name="cloudflow", security=tls
+            )
         try:
             super().__init__(Client(self.cluster), own_client=True)
         except BaseException:
@@ -251,11 +267,33 @@ class LocalCluster(Cluster):
             self.cluster.close()
 
 
+def _tls_security(security: Security | bool | None) -> Security | None:
+    """The ``Security`` a ``LocalCluster`` runs with (``None``: plain ``tcp://``)."""
+    if security is None or security is False:
+        return None
+    if security is True:
+        return Security.temporary()
+    if isinstance(security, Security):
+        return security
+    raise DeploymentError(
+        f"LocalCluster: security must be a distributed.Security, True or None, got {type(security).__name__}"
+    )
+
+
 def _worker_spec(
-    threads: int, threads_per_worker: int, processes: bool, devices: list[str], gpu: bool, index: int
+    threads: int,
+    threads_per_worker: int,
+    processes: bool,
+    devices: list[str],
+    security: Security | None,
+    gpu: bool,
+    index: int,
 ) -> dict[str, Any]:
-    """A ``SpecCluster`` worker spec: a CPU worker, or the ``index``-th GPU-tagged one."""
+    """A ``SpecCluster`` worker spec: a CPU worker, or the ``index``-th GPU-tagged one (over TLS
+    with ``security``)."""
     options: dict[str, Any] = {"nthreads": threads_per_worker, "host": "127.0.0.1"}
+    if security is not None:
+        options.update(protocol="tls://", security=security)
     if gpu:
         options["resources"] = {"GPU": 1}
     if processes:
@@ -342,20 +380,23 @@ class SpecScaler(ScaleScaler):
         return f"{name} at {address}"
 
 
-def connect(target: str | Client) -> Cluster:
+def connect(target: str | Client, security: Security | None = None) -> Cluster:
     """The cloudflow interface over an existing Dask cluster.
 
-    ``target`` is a scheduler address (a client is created, and closed by ``close()``) or a
-    synchronous ``distributed.Client`` (never closed here).
+    ``target`` is a scheduler address (a client is created with ``security``, the cluster's Dask
+    ``Security`` for a ``tls://`` address, and closed by ``close()``) or a synchronous
+    ``distributed.Client`` (never closed here; it brings its own security).
 
     Examples
     --------
     >>> cluster = cf.connect("tcp://scheduler:8786")   # doctest: +SKIP
     """
     if isinstance(target, Client):
+        if security is not None:
+            raise DeploymentError("connect: security= applies to a scheduler address; a Client brings its own")
         return Cluster(target, own_client=False)
     if isinstance(target, str):
-        client = Client(target)
+        client = Client(target, security=security)
         try:
             return Cluster(client, own_client=True)
         except BaseException:

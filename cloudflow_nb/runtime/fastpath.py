@@ -1,4 +1,4 @@
-"""A lean request transport for the data plane: pickled frames over one TCP connection per worker.
+"""A lean request transport for the data plane: pickled frames over one connection per worker.
 
 Dask comms stay the control plane (deploy, store, placement, failure detection). The per-request
 calls (``cf_call``, ``cf_cancel``, ``cf_release``) take this shorter path: each worker serves the
@@ -8,15 +8,34 @@ process talking to workers keeps one persistent, pipelined connection per worker
 of ``(op, kwargs)`` or ``(ok, value)``; values wrapped in Dask's ``to_serialize`` travel through
 Dask's own pickler, so what arrives is what the Dask comm path would deliver.
 
-Like Dask's default ``tcp://`` comms the transport is plain TCP: it is only used between ``tcp://``
-addresses, and a cluster on ``tls://`` (or any other scheme) keeps every call on Dask comms. When
-a worker's fast port is unknown or cannot be reached, the call goes over Dask comms instead,
-so correctness never depends on this module; a connection lost mid-call fails that call with an
-``OSError``, exactly like a broken Dask comm. Worker-to-worker fetches of kept outputs stay on Dask
-comms: they carry tables over ``INLINE_LIMIT``, where Dask's out-of-band buffers beat a pickle copy.
+The transport runs between ``tcp://`` addresses, and between ``tls://`` ones over TLS with the SSL
+contexts of the cluster's Dask ``Security`` (the worker's listen context, the caller's connection
+context); other schemes keep every call on Dask comms. When a worker's fast port is unknown or
+cannot be reached, the call goes over Dask comms instead, so correctness never depends on this
+module; a connection lost mid-call fails that call with an ``OSError``, exactly like a broken
+Dask comm. Worker-to-worker fetches of kept outputs stay on Dask comms: they carry tables over
+``INLINE_LIMIT``, where Dask's out-of-band buffers beat a pickle copy.
 
-Security: whoever can reach the port can make the worker unpickle data, which is the trust Dask's
-own ``tcp://`` comms already ask for; the server binds to the worker's own host only.
+Security: each worker's server holds a random 32-byte secret of its own, handed out only over
+Dask comms (``cf_fast``, with the port: the trust Dask already asks, since whoever can call a
+worker over Dask comms can run code there). One secret per worker rather than per cluster: a
+leaked secret opens one worker, and workers that join later, or callers that attach later from
+other processes, need nothing from the scheduler. A new connection must first complete the handshake of
+:mod:`~cloudflow_nb.runtime.auth` (nonces from both ends, HMAC-SHA256 bound to each role), in
+fixed-size messages and within ``handshake-timeout``; until then nothing is read as a frame and
+nothing is unpickled, on either side, and a wrong byte, a wrong MAC or a late answer closes the
+connection. A frame header claiming more than ``max-frame`` bytes closes the connection before
+any buffer is made; a request or reply over the cap goes over Dask comms instead. After the
+handshake the per-call path carries no cryptography of its own (TLS clusters encrypt every byte).
+
+Configuration (``dask.config``, so also ``DASK_CLOUDFLOW__FASTPATH__PORT`` and the like), read
+when a server starts or a pool is made:
+
+- ``cloudflow.fastpath.host``: the interface to listen on (default: the worker's own host);
+- ``cloudflow.fastpath.port``: a port, a range ``"9000:9100"`` (the first free one), or 0 (any);
+- ``cloudflow.fastpath.max-frame``: the largest frame accepted (default ``"256MiB"``);
+- ``cloudflow.fastpath.handshake-timeout``: how long a new connection may take to prove itself
+  (default ``"10s"``).
 """
 
 from __future__ import annotations
@@ -24,24 +43,118 @@ from __future__ import annotations
 import asyncio
 import inspect
 import io
+import logging
 import pickle
 import struct
 import weakref
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from ssl import SSLContext
 from typing import TYPE_CHECKING, Any
 
-from distributed.comm.addressing import parse_host_port
+import dask
+from dask.utils import parse_bytes, parse_timedelta
+from distributed.comm.addressing import get_address_host
 from distributed.protocol import pickle as dask_pickle
 from distributed.protocol.serialize import Serialize
+from distributed.utils import parse_ports
+
+from cloudflow_nb.errors import DeploymentError
+from cloudflow_nb.runtime.auth import AuthError, ClientHandshake, ServerHandshake, new_secret
 
 if TYPE_CHECKING:
     from distributed.core import ConnectionPool
 
-__all__ = ["FastConnection", "FastPool", "FastServer", "FrameReader", "encode_frame", "fast_pool"]
+__all__ = [
+    "FastConnection",
+    "FastPool",
+    "FastServer",
+    "FastSettings",
+    "FrameReader",
+    "FrameTooLarge",
+    "encode_frame",
+    "fast_pool",
+    "open_connection",
+]
+
+logger = logging.getLogger(__name__)
 
 HEADER = struct.Struct("!QQ")  # payload length, request id
 RETRY_AFTER = 5.0  # seconds before a worker whose fast port failed is tried again
+MAX_PENDING = 128  # connections a server lets sit in the handshake at once
 _POOLS: weakref.WeakKeyDictionary[Any, FastPool] = weakref.WeakKeyDictionary()
+
+# ``cloudflow.fastpath.*`` in dask.config, and the value of each when it is not set
+DEFAULTS: dict[str, Any] = {"host": None, "port": 0, "max-frame": "256MiB", "handshake-timeout": "10s"}
+
+
+@dataclass(frozen=True)
+class FastSettings:
+    """Where a fast server listens and what either end accepts.
+
+    Attributes
+    ----------
+    host : str or None
+        The interface to listen on; ``None``: the worker's own host.
+    ports : tuple of int
+        Ports to try in order (0: any free port).
+    max_frame : int
+        The largest frame payload accepted or sent, in bytes.
+    handshake_timeout : float
+        Seconds a new connection has to complete the handshake.
+    """
+
+    host: str | None = None
+    ports: tuple[int, ...] = (0,)
+    max_frame: int = 256 * 2**20
+    handshake_timeout: float = 10.0
+
+    @classmethod
+    def from_config(cls) -> FastSettings:
+        """The settings under ``cloudflow.fastpath`` in ``dask.config``."""
+        return parse_settings({key: dask.config.get(f"cloudflow.fastpath.{key}", d) for key, d in DEFAULTS.items()})
+
+
+def parse_settings(config: Mapping[str, Any]) -> FastSettings:
+    """:class:`FastSettings` from a ``cloudflow.fastpath`` mapping; ``DeploymentError`` naming a bad key.
+
+    Examples
+    --------
+    >>> parse_settings({"port": "9000:9002", "max-frame": "1MiB"})
+    FastSettings(host=None, ports=(9000, 9001, 9002), max_frame=1048576, handshake_timeout=10.0)
+    """
+    config = {**DEFAULTS, **config}
+    host, port = config["host"], config["port"]
+    try:
+        ports = tuple(p or 0 for p in parse_ports(port))
+    except (TypeError, ValueError):
+        ports = ()
+    if not ports or not all(0 <= p < 65536 for p in ports):
+        raise DeploymentError(
+            f"cloudflow.fastpath.port: {port!r} is not a port (must be a number, a range 'low:high', or 0)"
+        )
+    if host is not None and not isinstance(host, str):
+        raise DeploymentError(f"cloudflow.fastpath.host: {host!r} is not a host name or address")
+    return FastSettings(
+        host or None,
+        ports,
+        _positive("max-frame", config["max-frame"], parse_bytes, "a size such as '256MiB'"),
+        float(_positive("handshake-timeout", config["handshake-timeout"], parse_timedelta, "a duration")),
+    )
+
+
+def _positive(key: str, value: Any, parse: Callable[[Any], Any], form: str) -> Any:
+    try:
+        parsed = parse(value)
+    except (TypeError, ValueError, KeyError):
+        parsed = None
+    if parsed is None or parsed <= 0:
+        raise DeploymentError(f"cloudflow.fastpath.{key}: {value!r} is not {form} above zero")
+    return parsed
+
+
+class FrameTooLarge(ValueError):
+    """A frame over the fast path's ``max-frame`` cap (refused before its buffer is made)."""
 
 
 def _unwrap(obj: Serialize) -> tuple[Callable[[bytes], Any], tuple[bytes]]:
@@ -64,9 +177,17 @@ def encode_frame(rid: int, obj: Any) -> memoryview:
 
 class FrameReader:
     """Splits a byte stream into frames, however the stream was cut (a frame split across reads
-    is filled into one buffer of its size: large frames cost one copy)."""
+    is filled into one buffer of its size: large frames cost one copy).
 
-    def __init__(self) -> None:
+    Parameters
+    ----------
+    max_frame : int
+        The largest payload accepted: a header claiming more raises :class:`FrameTooLarge`
+        before any buffer is made.
+    """
+
+    def __init__(self, max_frame: int = FastSettings.max_frame) -> None:
+        self.max_frame = max_frame
         self._head = b""  # the start of a frame whose header is not complete yet
         self._frame: bytearray | None = None  # a frame being filled, header included
         self._filled = 0
@@ -88,6 +209,8 @@ class FrameReader:
             frames.append((HEADER.unpack_from(frame)[1], memoryview(frame)[HEADER.size :]))
         while len(data) - pos >= HEADER.size:
             size, rid = HEADER.unpack_from(data, pos)
+            if size > self.max_frame:
+                raise FrameTooLarge(f"a frame of {size} bytes is over the fast path's cap of {self.max_frame}")
             end = pos + HEADER.size + size
             if end > len(data):
                 self._frame = bytearray(HEADER.size + size)
@@ -113,36 +236,64 @@ def _portable(exc: BaseException) -> BaseException:
 
 
 class FastServer:
-    """Serves ``handlers`` (name -> function or coroutine function) on ``host``, port 0.
+    """Serves ``handlers`` (name -> function or coroutine function) to clients that prove they hold
+    :attr:`key`.
 
     Parameters
     ----------
     handlers : Mapping
         The operations a client may call, by name.
     host : str
-        The interface to listen on (the worker's own host).
+        The interface to listen on when ``settings.host`` names none (the worker's own host).
+    ssl : ssl.SSLContext, optional
+        The server-side TLS context (a TLS cluster's ``Security.get_listen_args("worker")``).
+    settings : FastSettings, optional
+        Default: :meth:`FastSettings.from_config`.
     """
 
-    def __init__(self, handlers: Mapping[str, Callable[..., Any]], host: str) -> None:
+    def __init__(
+        self,
+        handlers: Mapping[str, Callable[..., Any]],
+        host: str,
+        ssl: SSLContext | None = None,
+        settings: FastSettings | None = None,
+    ) -> None:
         self.handlers = handlers
-        self.host = host
+        self.settings = settings or FastSettings.from_config()
+        self.host = self.settings.host or host
+        self.ssl = ssl
+        self.key = new_secret()
         self.port: int | None = None
         self.requests = 0
+        self.refused = 0  # connections closed for a failed or late handshake or an oversized frame
         self._server: asyncio.Server | None = None
         self._connections: set[_ServerConnection] = set()
+        self._pending = 0  # connections still in the handshake
 
     async def start(self) -> int:
-        """Listen (once) and return the port."""
+        """Listen (once), on the first free configured port, and return the port."""
         if self._server is None:
-            loop = asyncio.get_running_loop()
-            self._server = await loop.create_server(lambda: _ServerConnection(self), self.host, 0)
+            self._server = await self._listen()
             self.port = self._server.sockets[0].getsockname()[1]
         assert self.port is not None
         return self.port
 
+    async def _listen(self) -> asyncio.Server:
+        loop = asyncio.get_running_loop()
+        timeout = self.settings.handshake_timeout if self.ssl else None
+        error: OSError | None = None
+        for port in self.settings.ports:
+            try:
+                return await loop.create_server(
+                    lambda: _ServerConnection(self), self.host, port, ssl=self.ssl, ssl_handshake_timeout=timeout
+                )
+            except OSError as exc:  # in use: try the next one
+                error = exc
+        raise OSError(f"fast path: no free port on {self.host!r} among {self.settings.ports}") from error
+
     def close(self) -> None:
         """Stop listening and drop every connection (their running calls are cancelled); a later
-        :meth:`start` listens again, on a new port."""
+        :meth:`start` listens again (on a new port when the configuration allows any)."""
         if self._server is not None:
             self._server.close()
             self._server = self.port = None
@@ -154,19 +305,65 @@ class _ServerConnection(asyncio.Protocol):
     def __init__(self, server: FastServer) -> None:
         self.server = server
         self.transport: asyncio.Transport | None = None
-        self._reader = FrameReader()
+        self._auth: ServerHandshake | None = ServerHandshake(server.key)  # None once the client proved itself
+        self._timer: asyncio.TimerHandle | None = None  # the handshake's deadline, while it runs
+        self._reader = FrameReader(server.settings.max_frame)
         self._tasks: set[asyncio.Task[None]] = set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self.server._connections.add(self)
+        assert self.transport is not None
+        assert self._auth is not None
+        server = self.server
+        server._connections.add(self)
+        if server._pending >= MAX_PENDING:
+            self._refuse("too many connections in the handshake")
+            return
+        server._pending += 1
+        self._timer = asyncio.get_running_loop().call_later(
+            server.settings.handshake_timeout, self._refuse, "no handshake in time"
+        )
+        self.transport.write(self._auth.hello)
 
     def data_received(self, data: bytes) -> None:
-        for rid, payload in self._reader.feed(data):
+        if self._auth is not None:
+            self._handshake(self._auth, data)
+            return
+        try:
+            frames = self._reader.feed(data)
+        except FrameTooLarge as exc:
+            self._refuse(str(exc))
+            return
+        for rid, payload in frames:
             self.server.requests += 1
             task = asyncio.ensure_future(self._serve(rid, payload))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    def _handshake(self, auth: ServerHandshake, data: bytes) -> None:
+        if self._timer is None:
+            return  # refused already
+        try:
+            proof = auth.feed(data)
+        except AuthError as exc:
+            self._refuse(str(exc))
+            return
+        if auth.done and self.transport is not None:
+            self._end_handshake()
+            self._auth = None
+            self.transport.write(proof)
+
+    def _end_handshake(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+            self.server._pending -= 1
+
+    def _refuse(self, reason: str) -> None:
+        peer = self.transport.get_extra_info("peername") if self.transport is not None else None
+        logger.warning("fast path: closed the connection from %s: %s", peer, reason)
+        self.server.refused += 1
+        self.close()
 
     async def _serve(self, rid: int, payload: memoryview) -> None:
         try:
@@ -178,6 +375,9 @@ class _ServerConnection(asyncio.Protocol):
             frame = encode_frame(rid, (True, result))
         except Exception as exc:  # the caller gets it raised, as with a Dask comm handler
             frame = encode_frame(rid, (False, Serialize(_portable(exc))))
+        if len(frame) - HEADER.size > self.server.settings.max_frame:  # the caller asks again over Dask comms
+            too_large = FrameTooLarge(f"a reply of {len(frame)} bytes is over the fast path's cap")
+            frame = encode_frame(rid, (False, too_large))
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(frame)
 
@@ -185,6 +385,7 @@ class _ServerConnection(asyncio.Protocol):
         self.close()
 
     def close(self) -> None:
+        self._end_handshake()
         self.server._connections.discard(self)
         for task in self._tasks:
             task.cancel()
@@ -196,12 +397,26 @@ class _ServerConnection(asyncio.Protocol):
 
 
 class FastConnection(asyncio.Protocol):
-    """One client connection: requests are pipelined and matched to replies by request id."""
+    """One client connection: requests are pipelined and matched to replies by request id.
 
-    def __init__(self) -> None:
+    Made by :func:`open_connection`: :attr:`ready` resolves once the handshake proved that both
+    ends hold ``key``; no request goes out and no reply is read before.
+
+    Parameters
+    ----------
+    key : bytes
+        The worker's fast-path secret.
+    max_frame : int
+        The largest request sent or reply accepted.
+    """
+
+    def __init__(self, key: bytes, max_frame: int = FastSettings.max_frame) -> None:
         self.transport: asyncio.Transport | None = None
         self.closed = False
-        self._reader = FrameReader()
+        self.max_frame = max_frame
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._auth: ClientHandshake | None = ClientHandshake(key)
+        self._reader = FrameReader(max_frame)
         self._waiting: dict[int, asyncio.Future[Any]] = {}
         self._next = 0
 
@@ -209,12 +424,15 @@ class FastConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     async def request(self, op: str, kwargs: dict[str, Any]) -> Any:
-        """Call ``op(**kwargs)`` on the worker; ``ConnectionResetError`` when the connection drops."""
-        if self.closed or self.transport is None:
+        """Call ``op(**kwargs)`` on the worker; ``ConnectionResetError`` when the connection drops,
+        :class:`FrameTooLarge` (nothing sent) when the request is over the cap."""
+        if self.closed or self.transport is None or self._auth is not None:
             raise ConnectionResetError("fast connection closed")
         self._next += 1
         rid = self._next
         frame = encode_frame(rid, (op, kwargs))  # an unpicklable argument raises here, as on Dask comms
+        if len(frame) - HEADER.size > self.max_frame:
+            raise FrameTooLarge(f"a request of {len(frame)} bytes is over the fast path's cap of {self.max_frame}")
         future = asyncio.get_running_loop().create_future()
         self._waiting[rid] = future
         try:
@@ -224,7 +442,16 @@ class FastConnection(asyncio.Protocol):
             self._waiting.pop(rid, None)
 
     def data_received(self, data: bytes) -> None:
-        for rid, payload in self._reader.feed(data):
+        if self._auth is not None:
+            self._handshake(self._auth, data)
+            return
+        try:
+            frames = self._reader.feed(data)
+        except FrameTooLarge as exc:
+            logger.warning("fast path: closed the connection to %s: %s", self._peer(), exc)
+            self.close()
+            return
+        for rid, payload in frames:
             future = self._waiting.pop(rid, None)
             if future is None or future.done():
                 continue  # its caller gave up (deadline, race lost)
@@ -238,8 +465,28 @@ class FastConnection(asyncio.Protocol):
             else:
                 future.set_exception(value)
 
+    def _handshake(self, auth: ClientHandshake, data: bytes) -> None:
+        try:
+            answer = auth.feed(data)
+        except AuthError as exc:
+            if not self.ready.done():
+                self.ready.set_exception(exc)
+            self.close()
+            return
+        if answer and self.transport is not None:
+            self.transport.write(answer)
+        if auth.done:
+            self._auth = None
+            if not self.ready.done():
+                self.ready.set_result(None)
+
+    def _peer(self) -> Any:
+        return self.transport.get_extra_info("peername") if self.transport is not None else None
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionResetError(f"fast connection lost in the handshake: {exc}"))
         waiting, self._waiting = self._waiting, {}
         for future in waiting.values():
             if not future.done():
@@ -252,24 +499,55 @@ class FastConnection(asyncio.Protocol):
         self.connection_lost(None)
 
 
+async def open_connection(
+    host: str, port: int, key: bytes, ssl: SSLContext | None = None, settings: FastSettings | None = None
+) -> FastConnection:
+    """Connect to a fast server and complete the handshake within ``settings.handshake_timeout``.
+
+    Raises an ``OSError``: :class:`~cloudflow_nb.runtime.auth.AuthError` when either end fails to
+    prove it holds ``key``, ``TimeoutError`` when the handshake takes too long, or the connect error.
+    """
+    settings = settings or FastSettings.from_config()
+    loop = asyncio.get_running_loop()
+
+    async def connect() -> FastConnection:
+        _, conn = await loop.create_connection(lambda: FastConnection(key, settings.max_frame), host, port, ssl=ssl)
+        try:
+            await conn.ready
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    try:
+        return await asyncio.wait_for(connect(), settings.handshake_timeout)
+    except asyncio.TimeoutError as exc:  # not an OSError before Python 3.11
+        raise TimeoutError(f"fast path: no handshake with {host}:{port} in {settings.handshake_timeout}s") from exc
+
+
 class FastPool:
     """Fast connections to workers, beside the Dask ``ConnectionPool`` that stays the fallback.
 
-    A worker's fast port is asked once over Dask comms (``cf_fast``); a worker that has none,
-    does not answer, or is not on ``tcp://`` is called over Dask comms (tried again after
+    A worker's fast port and secret are asked once over Dask comms (``cf_fast``); a worker that
+    has none, does not answer, fails the handshake, or is on neither ``tcp://`` nor ``tls://``
+    (with the pool's TLS context) is called over Dask comms (tried again after
     :data:`RETRY_AFTER` seconds).
 
     Parameters
     ----------
     pool : ConnectionPool
-        The Dask connection pool of this process's loop.
+        The Dask connection pool of this process's loop (its ``connection_args`` give the TLS context).
+    settings : FastSettings, optional
+        Default: :meth:`FastSettings.from_config`.
     """
 
-    def __init__(self, pool: ConnectionPool) -> None:
+    def __init__(self, pool: ConnectionPool, settings: FastSettings | None = None) -> None:
         self.pool = pool
+        self.settings = settings or FastSettings.from_config()
         self.calls = 0  # calls answered over fast connections
         self.fallbacks = 0  # calls that went over Dask comms instead
         self.bulky = 0  # calls sent over Dask comms for their size
+        self._ssl: SSLContext | None = pool.connection_args.get("ssl_context")  # type: ignore[assignment]
         self._connections: dict[str, FastConnection] = {}
         self._connecting: dict[str, asyncio.Task[FastConnection | None]] = {}
         self._failed: dict[str, float] = {}
@@ -278,7 +556,8 @@ class FastPool:
     async def call(self, worker: str, op: str, bulky: bool = False, **kwargs: Any) -> Any:
         """``op(**kwargs)`` on ``worker``: over its fast connection when there is one, else over
         Dask comms. ``bulky`` calls (megabytes of arrays) take Dask comms, whose out-of-band
-        buffers skip the copies a pickled frame makes. A connection lost mid-call raises
+        buffers skip the copies a pickled frame makes, and so do requests or replies over the
+        fast path's cap (such a reply's call runs again there). A connection lost mid-call raises
         ``ConnectionResetError`` (an ``OSError``, like a broken Dask comm); the next call
         reconnects."""
         if bulky:
@@ -292,6 +571,9 @@ class FastPool:
             return await getattr(self.pool(worker), op)(**kwargs)
         try:
             reply = await conn.request(op, kwargs)
+        except FrameTooLarge:
+            self.bulky += 1
+            return await getattr(self.pool(worker), op)(**kwargs)
         except ConnectionError:
             if self._connections.get(worker) is conn:
                 del self._connections[worker]
@@ -301,7 +583,10 @@ class FastPool:
 
     async def _connect(self, worker: str) -> FastConnection | None:
         loop = asyncio.get_running_loop()
-        if not worker.startswith("tcp://") or loop.time() - self._failed.get(worker, -RETRY_AFTER) < RETRY_AFTER:
+        scheme = worker.partition("://")[0]
+        if scheme not in ("tcp", "tls") or (scheme == "tls" and self._ssl is None):
+            return None
+        if loop.time() - self._failed.get(worker, -RETRY_AFTER) < RETRY_AFTER:
             return None
         task = self._connecting.get(worker)
         if task is None:
@@ -317,17 +602,19 @@ class FastPool:
     async def _open(self, worker: str) -> FastConnection | None:
         loop = asyncio.get_running_loop()
         try:
-            port = await self.pool(worker).cf_fast()
+            info = await self.pool(worker).cf_fast()
         except OSError:  # the worker is unreachable over Dask comms too: the caller must know
             raise
         except Exception:  # a worker without the handler: Dask comms carry its calls
-            port = None
+            info = None
         try:
-            if port is None:
+            if not isinstance(info, dict):
                 raise OSError("no fast port")
-            host, _ = parse_host_port(worker.removeprefix("tcp://"))
-            _, conn = await loop.create_connection(FastConnection, host, port)
-        except OSError:  # no fast path to this worker for now: Dask comms carry its calls
+            ssl = self._ssl if worker.startswith("tls://") else None
+            conn = await open_connection(get_address_host(worker), info["port"], info["key"], ssl, self.settings)
+        except (OSError, asyncio.TimeoutError) as exc:  # no fast path for now: Dask comms carry its calls
+            if isinstance(exc, AuthError):
+                logger.warning("fast path: %s failed the handshake: %s", worker, exc)
             self._failed[worker] = loop.time()
             return None
         self._failed.pop(worker, None)

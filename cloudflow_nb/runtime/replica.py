@@ -12,9 +12,9 @@ workers that join later). It installs the store's handlers and these:
   batch has run; ``cf_drain`` takes an unhealthy replica out of service (its queued calls go back to
   the router, which sends them elsewhere);
 - ``cf_fast`` starts (once) a :class:`~cloudflow_nb.runtime.fastpath.FastServer` on the worker's
-  own event loop serving ``cf_call``, ``cf_cancel`` and ``cf_release``, and returns its port
-  (``None`` when the worker is not on ``tcp://``): routers send requests there, Dask comms stay
-  the control plane.
+  own event loop serving ``cf_call``, ``cf_cancel`` and ``cf_release`` (over TLS on a ``tls://``
+  cluster), and returns its port and the secret its handshake asks for (``None`` on other
+  schemes): routers send requests there, Dask comms stay the control plane.
 
 User code runs in each replica's own thread, fed by a :class:`~cloudflow_nb.runtime.batcher.Batcher`
 queue. One exception saves two thread hops per call: a replica whose last ``INLINE_AFTER`` batches
@@ -249,9 +249,11 @@ class CloudflowWorker(WorkerPlugin):
         self.replicas: dict[str, Replica] = {}
         self.results: dict[str, tuple[Table, float]] = {}
         self._last_sweep = time.monotonic()
+        tls = worker.address.startswith("tls://")
         self.fast = FastServer(
             {"cf_call": self.call, "cf_cancel": self.cancel, "cf_release": self.release},
             get_address_host(worker.address),
+            ssl=worker.security.get_listen_args("worker").get("ssl_context") if tls else None,
         )
         worker.handlers.update(
             {
@@ -286,12 +288,14 @@ class CloudflowWorker(WorkerPlugin):
         self.replicas[replica] = rep
         return {"status": "ok", "device": device}
 
-    async def fast_port(self) -> int | None:
-        """The port of this worker's fast request server (started on first use), or ``None``
-        when the worker is not on plain ``tcp://`` (TLS clusters keep requests on Dask comms)."""
-        if not self.worker.address.startswith("tcp://"):
+    async def fast_port(self) -> dict[str, Any] | None:
+        """``{"port": ..., "key": ...}``: this worker's fast request server (started on first use)
+        and the secret a caller proves in its handshake; ``None`` when the worker is on neither
+        ``tcp://`` nor ``tls://`` with a TLS context (its requests stay on Dask comms)."""
+        scheme = self.worker.address.partition("://")[0]
+        if scheme not in ("tcp", "tls") or (scheme == "tls" and self.fast.ssl is None):
             return None
-        return await self.fast.start()
+        return {"port": await self.fast.start(), "key": self.fast.key}
 
     def stop(self, replicas: list[str]) -> None:
         """Drop replicas (unknown ids are ignored)."""

@@ -6,16 +6,34 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import itertools
+import os
 import pickle
+import socket
+import subprocess
+import sys
 import time
 from typing import Any
 
+import dask
+import distributed
 import numpy as np
 import pytest
 from distributed.protocol.serialize import to_serialize
+from distributed.security import Security
 
 import cloudflow_nb as cf
-from cloudflow_nb.runtime.fastpath import FastConnection, FastPool, FastServer, FrameReader, encode_frame
+from cloudflow_nb.errors import DeploymentError
+from cloudflow_nb.runtime.fastpath import (
+    HEADER,
+    FastPool,
+    FastServer,
+    FastSettings,
+    FrameReader,
+    FrameTooLarge,
+    encode_frame,
+    open_connection,
+    parse_settings,
+)
 
 # -- framing --------------------------------------------------------------------------------------
 
@@ -32,6 +50,28 @@ def test_frames_round_trip_however_the_stream_is_cut() -> None:
         assert decoded[:2] == [obj for _, obj in messages[:2]]
         assert isinstance(decoded[2][1], ValueError)
     assert FrameReader().feed(stream[:5]) == []
+
+
+def test_a_header_over_the_cap_is_refused_before_its_buffer_is_made() -> None:
+    reader = FrameReader(max_frame=1000)
+    assert [rid for rid, _ in reader.feed(bytes(encode_frame(1, b"x" * 900)))] == [1]
+    claim = HEADER.pack(2 << 30, 2)  # 2 GiB claimed, nothing sent
+    with pytest.raises(FrameTooLarge, match="2147483648 bytes"):
+        reader.feed(claim)
+    assert reader._frame is None
+
+
+def test_settings_come_from_dask_config_and_bad_values_name_the_key() -> None:
+    assert FastSettings.from_config() == FastSettings()
+    with dask.config.set({"cloudflow.fastpath.port": "9000:9003", "cloudflow.fastpath.max_frame": "1 MiB"}):
+        settings = FastSettings.from_config()
+    assert (settings.ports, settings.max_frame) == ((9000, 9001, 9002, 9003), 2**20)
+    assert parse_settings({"port": 9100, "host": "0.0.0.0", "handshake-timeout": "500ms"}) == FastSettings(
+        "0.0.0.0", (9100,), handshake_timeout=0.5
+    )
+    for key, value in [("port", "nine"), ("port", 70000), ("max-frame", 0), ("handshake-timeout", "soon")]:
+        with pytest.raises(DeploymentError, match=f"cloudflow.fastpath.{key}: {value!r}"):
+            parse_settings({key: value})
 
 
 def test_a_large_frame_cut_anywhere_arrives_whole() -> None:
@@ -67,9 +107,13 @@ def _boom() -> None:
     raise KeyError("boom")
 
 
-def _serve(coro_fn: Any) -> Any:
+def _blob(n: int) -> bytes:
+    return b"z" * n
+
+
+def _serve(coro_fn: Any, settings: FastSettings | None = None) -> Any:
     async def main() -> Any:
-        server = FastServer({"echo": _echo, "boom": _boom}, "127.0.0.1")
+        server = FastServer({"echo": _echo, "boom": _boom, "blob": _blob}, "127.0.0.1", settings=settings)
         port = await server.start()
         try:
             return await coro_fn(server, port)
@@ -81,7 +125,7 @@ def _serve(coro_fn: Any) -> Any:
 
 def test_pipelined_requests_on_one_connection_never_mix() -> None:
     async def check(server: FastServer, port: int) -> None:
-        _, conn = await asyncio.get_running_loop().create_connection(FastConnection, "127.0.0.1", port)
+        conn = await open_connection("127.0.0.1", port, server.key)
         delays = [(i * 7 % 10) / 1000 for i in range(60)]
         replies = await asyncio.gather(*(conn.request("echo", {"x": i, "delay": d}) for i, d in enumerate(delays)))
         assert replies == list(range(60))
@@ -97,7 +141,7 @@ def test_pipelined_requests_on_one_connection_never_mix() -> None:
 
 def test_a_dropped_connection_fails_its_waiting_calls_with_oserror() -> None:
     async def check(server: FastServer, port: int) -> None:
-        _, conn = await asyncio.get_running_loop().create_connection(FastConnection, "127.0.0.1", port)
+        conn = await open_connection("127.0.0.1", port, server.key)
         slow = asyncio.ensure_future(conn.request("echo", {"x": 1, "delay": 5}))
         await asyncio.sleep(0.05)
         server.close()
@@ -112,29 +156,35 @@ def test_a_dropped_connection_fails_its_waiting_calls_with_oserror() -> None:
 class _DaskPool:
     """Stands in for a Dask ``ConnectionPool``: ``pool(worker).op(**kwargs)``."""
 
-    def __init__(self, port: int | None) -> None:
+    def __init__(self, port: int | None, key: bytes) -> None:
         self.port = port
+        self.key = key
+        self.connection_args: dict[str, Any] = {}
         self.calls: list[str] = []
 
     def __call__(self, worker: str) -> Any:
         pool = self
 
         class Rpc:
-            async def cf_fast(self) -> int | None:
+            async def cf_fast(self) -> dict[str, Any] | None:
                 if pool.port == -1:
                     raise OSError("worker down")
-                return pool.port
+                return None if pool.port is None else {"port": pool.port, "key": pool.key}
 
-            async def echo(self, x: int, delay: float) -> int:
+            async def echo(self, x: Any, delay: float) -> Any:
                 pool.calls.append("echo")
-                return -x
+                return -x if isinstance(x, int) else x
+
+            async def blob(self, n: int) -> bytes:
+                pool.calls.append("blob")
+                return b"d" * n
 
         return Rpc()
 
 
 def test_pool_uses_the_fast_port_reconnects_and_falls_back() -> None:
     async def check(server: FastServer, port: int) -> None:
-        dask = _DaskPool(port)
+        dask = _DaskPool(port, server.key)
         fast = FastPool(dask)  # type: ignore[arg-type]
         worker = "tcp://127.0.0.1:1"
         assert await asyncio.gather(*(fast.call(worker, "echo", x=i, delay=0) for i in range(10))) == list(range(10))
@@ -142,7 +192,7 @@ def test_pool_uses_the_fast_port_reconnects_and_falls_back() -> None:
         fast.drop(worker)
         assert await fast.call(worker, "echo", x=5, delay=0) == 5  # a new connection
         tls = "tls://127.0.0.1:1"
-        assert await fast.call(tls, "echo", x=5, delay=0) == -5  # TLS clusters stay on Dask comms
+        assert await fast.call(tls, "echo", x=5, delay=0) == -5  # TLS without a TLS context: Dask comms
         dask.port = None  # a worker without a fast port
         assert await fast.call("tcp://127.0.0.1:2", "echo", x=6, delay=0) == -6
         assert (fast.calls, fast.fallbacks) == (11, 2)
@@ -152,6 +202,64 @@ def test_pool_uses_the_fast_port_reconnects_and_falls_back() -> None:
         fast.close()
 
     _serve(check)
+
+
+def test_requests_and_replies_over_the_cap_take_dask_comms() -> None:
+    settings = FastSettings(max_frame=1000)
+
+    async def check(server: FastServer, port: int) -> None:
+        dask = _DaskPool(port, server.key)
+        fast = FastPool(dask, settings)  # type: ignore[arg-type]
+        worker = "tcp://127.0.0.1:1"
+        assert await fast.call(worker, "blob", n=10) == b"z" * 10
+        assert await fast.call(worker, "echo", x=b"q" * 5000, delay=0) == b"q" * 5000  # not sent: too big
+        assert await fast.call(worker, "blob", n=5000) == b"d" * 5000  # the reply was too big: asked again
+        assert (fast.calls, fast.bulky, dask.calls) == (1, 2, ["echo", "blob"])
+        assert await fast.call(worker, "echo", x=3, delay=0) == 3, "the connection stays up"
+        assert server.refused == 0
+        fast.close()
+
+    _serve(check, settings)
+
+
+def test_the_server_takes_the_first_free_configured_port() -> None:
+    with socket.socket() as taken, socket.socket() as probe:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        probe.bind(("127.0.0.1", 0))
+        free = probe.getsockname()[1]
+        probe.close()
+        settings = FastSettings(ports=(taken.getsockname()[1], free))
+
+        async def check(server: FastServer, port: int) -> None:
+            assert port == free
+            conn = await open_connection("127.0.0.1", port, server.key)
+            assert await conn.request("echo", {"x": 4, "delay": 0}) == 4
+            conn.close()
+
+        _serve(check, settings)
+
+
+def test_a_tls_server_serves_tls_clients_only() -> None:
+    security = Security.temporary()
+    server_ssl = security.get_listen_args("worker")["ssl_context"]
+    client_ssl = security.get_connection_args("client")["ssl_context"]
+
+    async def main() -> None:
+        server = FastServer({"echo": _echo}, "127.0.0.1", ssl=server_ssl, settings=FastSettings(handshake_timeout=2))
+        port = await server.start()
+        try:
+            conn = await open_connection("127.0.0.1", port, server.key, client_ssl)
+            assert await asyncio.gather(*(conn.request("echo", {"x": i, "delay": 0}) for i in range(20))) == list(
+                range(20)
+            )
+            conn.close()
+            with pytest.raises(OSError, match="handshake"):  # plain TCP against TLS: nothing completes
+                await open_connection("127.0.0.1", port, server.key, settings=FastSettings(handshake_timeout=2))
+        finally:
+            server.close()
+
+    asyncio.run(main())
 
 
 # -- on the serving cluster -----------------------------------------------------------------------
@@ -172,8 +280,9 @@ def test_requests_go_over_the_fast_transport_and_never_mix(serving_cluster) -> N
     with serving_cluster.deploy(flow) as dep:
         fast = dep._router.fast
         before = fast.calls
-        futures = [dep.submit({"x": i}) for i in range(200)]
-        assert [f.result(60)[0]["y"] for f in futures] == [3 * i for i in range(200)]
+        for round_ in range(4):  # 50 at a time: within the stage's admission bounds
+            futures = [dep.submit({"x": i}) for i in range(50 * round_, 50 * round_ + 50)]
+            assert [f.result(60)[0]["y"] for f in futures] == [3 * i for i in range(50 * round_, 50 * round_ + 50)]
         assert fast.calls - before >= 200
         assert all(not c.closed for c in fast._connections.values())
 
@@ -225,3 +334,39 @@ async def _drop_all(fast: FastPool) -> None:
 
 def _close_fast_server(dask_worker: Any) -> None:
     dask_worker.plugins["cloudflow"].fast.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _fast_server_port(dask_worker: Any) -> int | None:
+    return dask_worker.plugins["cloudflow"].fast.port
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_a_dask_worker_listens_on_the_port_its_environment_names() -> None:
+    scheduler, fast_port = _free_port(), _free_port()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "DASK_CLOUDFLOW__FASTPATH__PORT": f"{fast_port}"}
+    address = f"tcp://127.0.0.1:{scheduler}"
+    commands = [
+        ["scheduler", "--host", "127.0.0.1", "--port", str(scheduler), "--no-dashboard"],
+        ["worker", address, "--nthreads", "1", "--no-nanny", "--no-dashboard", "--host", "127.0.0.1"],
+    ]
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    procs = [subprocess.Popen([sys.executable, "-m", "dask", *args], env=env, **quiet) for args in commands]
+    try:
+        with distributed.Client(address, timeout=60) as client:
+            client.wait_for_workers(1, timeout=60)
+            flow = cf.Flow("env", x=int).map(triple, names={"y": int})
+            with cf.connect(client) as cluster, cluster.deploy(flow) as dep:
+                assert dep.predict({"x": 2})[0]["y"] == 6
+                assert list(client.run(_fast_server_port).values()) == [fast_port]
+                assert dep._router.fast.calls >= 1
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(timeout=30)

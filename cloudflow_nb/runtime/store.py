@@ -342,7 +342,12 @@ async def read_copies(
     tried = {skip}
     slow = False
     for _ in range(2):
-        (listed,) = await asyncio.wait_for(scheduler.cf_store_where(keys=[key]), max(deadline - loop.time(), 0))
+        try:
+            (listed,) = await asyncio.wait_for(scheduler.cf_store_where(keys=[key]), max(deadline - loop.time(), 0))
+        except TimeoutError:
+            raise FlowTimeoutError(
+                f"store: the directory did not answer for key {key!r} within {timeout:g} s"
+            ) from None
         fresh = [h for h in listed if h not in tried]
         if not fresh:
             break
@@ -351,10 +356,10 @@ async def read_copies(
             share = (deadline - loop.time()) / (len(fresh) - i)
             try:
                 ((found, value),) = await asyncio.wait_for(_ask(pool, holder, "cf_store_get", keys=[key]), share)
+            except TimeoutError:  # alive but slow: the next copy may answer in time
+                slow = True
+                continue
             except Exception as exc:
-                if isinstance(exc, TimeoutError):
-                    slow = True
-                    continue
                 if worker_gone(exc):
                     continue
                 raise

@@ -1,9 +1,11 @@
 """The store on a real multi-process cluster (``dask scheduler`` + 3 ``dask worker`` processes):
 a worker holding store copies and replicas is killed (SIGKILL) while client threads send dynamic
-lookups. No request fails because of it, every key stays readable and gets back to 2 copies."""
+lookups. No request fails because of it, every key stays readable and gets back to 2 copies. A
+cluster that grows from one worker copies the keys it kept once."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -11,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import distributed
 import pytest
@@ -43,24 +45,49 @@ def _spawn(*args: str) -> subprocess.Popen[bytes]:
     )
 
 
-@pytest.fixture
-def cli_cluster() -> Iterator[distributed.Client]:
-    """A scheduler and three CPU workers, as separate processes."""
+@contextlib.contextmanager
+def _cli_cluster(workers: int) -> Iterator[tuple[distributed.Client, Callable[[], None]]]:
+    """A scheduler and ``workers`` CPU workers, as separate processes; the second item starts one more."""
     port = str(_free_port())
     procs = [_spawn("scheduler", "--host", "127.0.0.1", "--port", port, "--no-dashboard")]
-    try:
+
+    def add_worker() -> None:
         common = ("--nthreads", "1", "--no-nanny", "--no-dashboard", "--host", "127.0.0.1")
-        procs.extend(_spawn("worker", f"tcp://127.0.0.1:{port}", *common, "--name", f"cpu-{i}") for i in range(3))
+        procs.append(_spawn("worker", f"tcp://127.0.0.1:{port}", *common, "--name", f"cpu-{len(procs) - 1}"))
+
+    try:
+        for _ in range(workers):
+            add_worker()
         client = distributed.Client(f"tcp://127.0.0.1:{port}", timeout=60)
         try:
-            client.wait_for_workers(3, timeout=60)
-            yield client
+            client.wait_for_workers(workers, timeout=60)
+            yield client, add_worker
         finally:
             client.close()
     finally:
         for proc in procs:
             proc.kill()
             proc.wait(timeout=30)
+
+
+@pytest.fixture
+def cli_cluster() -> Iterator[distributed.Client]:
+    """A scheduler and three CPU workers, as separate processes."""
+    with _cli_cluster(3) as (client, _):
+        yield client
+
+
+def test_a_growing_cluster_copies_keys_kept_on_its_one_worker():
+    with _cli_cluster(1) as (client, add_worker), cf.connect(client) as cluster:
+        cluster.store.update({f"k:{i}": i for i in range(10)})
+        assert all(len(cluster.store.locations(f"k:{i}")) == 1 for i in range(10))
+        add_worker()
+        client.wait_for_workers(2, timeout=60)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and any(len(cluster.store.locations(f"k:{i}")) < 2 for i in range(10)):
+            time.sleep(0.2)
+        assert all(len(set(cluster.store.locations(f"k:{i}"))) == 2 for i in range(10))
+        assert all(cluster.store[f"k:{i}"] == i for i in range(10))
 
 
 def test_killing_a_holder_under_load_loses_no_request_and_no_key(cli_cluster):

@@ -49,7 +49,7 @@ from cloudflow_nb.runtime.device import gpu_device_name, using_device
 from cloudflow_nb.runtime.fastpath import FastServer
 from cloudflow_nb.runtime.health import ReplicaProbe
 from cloudflow_nb.runtime.local import LocalEngine
-from cloudflow_nb.runtime.store import WorkerStoreView, WorkerValues, store_key
+from cloudflow_nb.runtime.store import WorkerStoreView, WorkerValues, reads_store, store_key
 from cloudflow_nb.runtime.wire import INLINE_LIMIT, decode_table, encode_table, pack_error, table_nbytes
 from cloudflow_nb.table import Table
 from cloudflow_nb.traversal import walk
@@ -115,6 +115,7 @@ class Replica:
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
         self._cheap_runs = 0  # consecutive batches under INLINE_BUDGET
+        self._may_inline = not reads_store(spec.program)  # a remote store read would block the loop
         self._cancelled: dict[str, float] = {}  # request -> when it was cancelled (oldest first)
         self.active = 0  # calls held: running or queued
         self._batch_started: float | None = None  # loop time the running batch started
@@ -222,7 +223,7 @@ class Replica:
                 outcomes = [error] * len(items)
         took = time.perf_counter() - start
         self.batch_time.add(took)
-        cheap = took < INLINE_BUDGET
+        cheap = self._may_inline and took < INLINE_BUDGET
         self._cheap_runs = self._cheap_runs + 1 if cheap else 0
         return outcomes
 

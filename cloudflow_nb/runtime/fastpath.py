@@ -61,6 +61,7 @@ from distributed.utils import parse_ports
 
 from cloudflow_nb.errors import DeploymentError
 from cloudflow_nb.runtime.auth import AuthError, ClientHandshake, ServerHandshake, new_secret
+from cloudflow_nb.runtime.comm import worker_gone
 
 if TYPE_CHECKING:
     from distributed.core import ConnectionPool
@@ -603,10 +604,10 @@ class FastPool:
         loop = asyncio.get_running_loop()
         try:
             info = await self.pool(worker).cf_fast()
-        except OSError:  # the worker is unreachable over Dask comms too: the caller must know
-            raise
-        except Exception:  # a worker without the handler: Dask comms carry its calls
-            info = None
+        except Exception as exc:
+            if worker_gone(exc):  # unreachable over Dask comms too: the caller must know
+                raise
+            info = None  # a worker without the handler, or too slow to say: Dask comms carry its calls
         try:
             if not isinstance(info, dict):
                 raise OSError("no fast port")

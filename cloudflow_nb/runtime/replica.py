@@ -45,6 +45,7 @@ from cloudflow_nb.physical import Batching
 from cloudflow_nb.plan import Node, StageInput
 from cloudflow_nb.runtime.admission import Ewma
 from cloudflow_nb.runtime.batcher import Batcher, Run, WaitUntil
+from cloudflow_nb.runtime.comm import worker_gone
 from cloudflow_nb.runtime.device import gpu_device_name, using_device
 from cloudflow_nb.runtime.fastpath import FastServer
 from cloudflow_nb.runtime.health import ReplicaProbe
@@ -351,8 +352,10 @@ class CloudflowWorker(WorkerPlugin):
                 continue
             try:
                 reply = await self.worker.rpc(owner).cf_fetch(key=key)
-            except OSError:
-                return None
+            except Exception as exc:  # its worker is gone or stuck: the request starts again
+                if worker_gone(exc) or isinstance(exc, TimeoutError):
+                    return None
+                raise
             if not reply["found"]:
                 return None
             tables.append(reply["table"])

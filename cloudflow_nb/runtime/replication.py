@@ -14,7 +14,7 @@ than the replication factor keeps one copy per worker.
 
 Examples
 --------
->>> from cloudflow_nb.runtime.routing import WorkerInfo
+>>> from cloudflow_nb.runtime.placement import WorkerInfo
 >>> workers = [WorkerInfo("a"), WorkerInfo("b"), WorkerInfo("c")]
 >>> plan_repairs({"k": ["a"]}, set(), workers, replicas=2, load={"a": 1, "b": 5})
 [Copy(source='a', target='c', keys=('k',))]
@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Collection, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
-from cloudflow_nb.runtime.routing import WorkerInfo
+from cloudflow_nb.runtime.placement import WorkerInfo
 
 __all__ = ["Copy", "choose_holders", "place", "plan_repairs"]
 

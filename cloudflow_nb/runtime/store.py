@@ -49,8 +49,8 @@ from cloudflow_nb.errors import FlowError, FlowTimeoutError, SchemaError
 from cloudflow_nb.plan import Lookup, Node
 from cloudflow_nb.runtime import replication
 from cloudflow_nb.runtime.comm import worker_gone
+from cloudflow_nb.runtime.placement import WorkerInfo
 from cloudflow_nb.runtime.replication import Copy
-from cloudflow_nb.runtime.routing import WorkerInfo
 from cloudflow_nb.runtime.supervise import Supervisor
 from cloudflow_nb.traversal import walk
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from cloudflow_nb.runtime.replication import Copy, choose_holders, place, plan_repairs
-from cloudflow_nb.runtime.routing import WorkerInfo
+from cloudflow_nb.runtime.placement import WorkerInfo
 
 CPU = [WorkerInfo("a"), WorkerInfo("b"), WorkerInfo("c")]
 GPU = WorkerInfo("g", gpu=True)

@@ -196,11 +196,12 @@ class Deployment:
         }
 
     def close(self) -> None:
-        """Stop the replicas (idempotent); later requests raise ``DeploymentError``."""
+        """Stop the replicas (idempotent); requests still running and later ones raise ``DeploymentError``."""
         if self._closed:
             return
         self._closed = True
         if not self._loop.closed:
+            self._loop.run(self._router.close(), timeout=10)
             self._loop.run(self._controller.close(), timeout=30)
 
     @property

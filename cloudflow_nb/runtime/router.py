@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from cloudflow_nb.errors import FlowError, FlowTimeoutError, OverloadError
+from cloudflow_nb.errors import DeploymentError, FlowError, FlowTimeoutError, OverloadError
 from cloudflow_nb.physical import SOURCE, Plan, Stage
 from cloudflow_nb.plan import AnyOf, Node, StageInput
 from cloudflow_nb.runtime.admission import Ewma, default_limit, expected_wait, retry_after, with_room
@@ -197,6 +197,8 @@ class Router:
         self.requests = Recorder()
         self._engine = LocalEngine()
         self._background: set[asyncio.Task[Any]] = set()
+        self._running: set[asyncio.Task[Any]] = set()  # requests being served
+        self._closing = False
         self._chain = all(
             not s.in_router and s.inputs == ((SOURCE,) if i == 0 else (plan.stages[i - 1].name,))
             for i, s in enumerate(plan.stages)
@@ -211,6 +213,9 @@ class Router:
         deadline = start + timeout
         pending: set[str] = set()
         ok = False
+        task = asyncio.current_task()
+        if task is not None:
+            self._running.add(task)
         try:
             for _ in range(MAX_ATTEMPTS):
                 try:
@@ -229,6 +234,12 @@ class Router:
             raise
         except FlowError:
             raise
+        except asyncio.CancelledError:
+            if self._closing:
+                raise DeploymentError(
+                    f"flow {self.plan.name!r}: the deployment closed before the request finished"
+                ) from None
+            raise
         except asyncio.TimeoutError:
             waiting = ", ".join(repr(n) for n in sorted(pending)) or "none"
             raise FlowTimeoutError(
@@ -236,7 +247,16 @@ class Router:
                 f"(stages still running: {waiting})"
             ) from None
         finally:
+            self._running.discard(task)  # type: ignore[arg-type]
             self.requests.record(loop.time() - start, ok)
+
+    async def close(self) -> None:
+        """End every request still being served with a ``DeploymentError``."""
+        self._closing = True
+        running = list(self._running)
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
 
     async def _attempt(self, table: Table, deadline: float, pending: set[str]) -> Table:
         if not self.plan.stages:  # a source-only flow returns its request

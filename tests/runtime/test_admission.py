@@ -105,3 +105,14 @@ def test_a_hung_replica_is_drained_and_replaced(cluster, tmp_path):
         assert replica["worker"] != hung_worker  # replaced on the other worker, which had room
         assert stats["stages"][stage]["inflight"] >= 1  # the hung call still counts until it ends
         assert stats["background"]["errors"] == {}
+
+
+def test_closing_a_deployment_ends_its_running_requests_with_an_error(cluster, tmp_path):
+    dep = cluster.deploy(X.map(marked(tmp_path), names={"y": int}))
+    running = dep.submit({"x": 300}, timeout=30)  # 3 s
+    time.sleep(0.3)
+    dep.close()
+    with pytest.raises(cf.DeploymentError, match="closed before the request finished"):
+        running.result(timeout=30)
+    with pytest.raises(cf.DeploymentError, match="closed"):
+        dep.submit({"x": 1})

@@ -66,7 +66,7 @@ def nesting_depth(body: bytes) -> int:
     if brackets.size == 0:
         return 0
     opening = _OPENING[brackets]
-    return int(np.cumsum(2 * opening.astype(np.int32) - 1).max())
+    return max(0, int(np.cumsum(2 * opening.astype(np.int32) - 1).max()))
 
 
 def decode_request(body: bytes, fmt: BodyFormat) -> list[dict[str, Any]]:

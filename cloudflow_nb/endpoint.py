@@ -198,7 +198,7 @@ class _Decoders:
 
     def close(self) -> None:
         if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
 
@@ -212,6 +212,7 @@ class _Handler(RequestHandler):
         self.chunks: list[bytes] = []
         self.size = 0
         self.big = False  # holds one of the endpoint's decoder slots
+        self.working = False  # the body is in and the request is being answered
         self.refusal: tuple[int, dict[str, Any], dict[str, str]] | None = None
 
     def prepare(self) -> None:
@@ -289,9 +290,11 @@ class _Handler(RequestHandler):
         self.release()
 
     def on_connection_close(self) -> None:
-        self.release()
+        if not self.working:  # the client left while sending; a request at work keeps its slot to the end
+            self.release()
 
     def release(self) -> None:
+        """Give back the decoder slot, if this request holds one."""
         if self.big:
             self.big = False
             self.endpoint.decoders.release()
@@ -301,6 +304,13 @@ class _Predict(_Handler):
     async def post(self) -> None:
         if self.refused():
             return
+        self.working = True
+        try:
+            await self.answer()
+        finally:
+            self.release()
+
+    async def answer(self) -> None:
         ep, dep = self.endpoint, self.deployment
         big, body = self.big, self.body()
         loop = asyncio.get_running_loop()

@@ -253,6 +253,27 @@ def test_small_requests_are_answered_while_a_big_body_is_decoded(endpoint):
     assert answers[0][2]["rows"][0]["total"] == float(np.arange(1_500_000).sum())
 
 
+def test_big_bodies_beyond_the_decoders_answer_429_until_one_is_free(cluster):
+    flow = cf.Flow("few", x=list).map(lambda row: len(row["x"]), names={"n": int})
+    big = {"x": list(range(1000))}
+    head = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n"
+    with cluster.deploy(flow) as dep, cf.serve(dep, offload_over=1000, decoders=1) as ep:
+        holder = socket.create_connection(("127.0.0.1", ep.port), timeout=CLIENT_TIMEOUT)
+        holder.sendall(head + b"[")  # a big body that does not come: it holds the one decoder slot
+        status, headers, body = send(ep, big)
+        assert (status, headers["Retry-After"]) == (429, "1")
+        assert "1 large request bodies are being decoded already" in body["error"]
+        assert send(ep, {"x": [1]})[0] == 200  # small bodies need no slot
+        holder.close()  # the client leaves: its slot is given back
+        statuses = []
+        for _ in range(50):
+            statuses.append(send(ep, big)[0])
+            if statuses[-1] == 200:
+                break
+            time.sleep(0.1)
+        assert statuses[-1] == 200, statuses
+
+
 def test_a_closed_deployment_answers_503(cluster):
     dep = cluster.deploy(cf.Flow("bye", x=int).map(lambda row: row["x"], names="y"))
     with cf.serve(dep) as ep:

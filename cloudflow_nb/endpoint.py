@@ -53,6 +53,8 @@ OFFLOAD_OVER = 2**20
 DECODERS = 2
 # A refused body up to DRAIN times max_body is read (and dropped) before the answer; a larger one is not.
 DRAIN = 2
+# How long after the request's deadline a body may still be coming in before the connection is closed.
+BODY_GRACE = 5.0
 PATHS = {"/predict": "POST", "/health": "GET", "/stats": "GET"}
 
 T = TypeVar("T")
@@ -131,7 +133,9 @@ class Endpoint:
             app = Application(handlers, default_handler_class=_NotFound, default_handler_args=args)
             # The handlers cap bodies themselves (and answer 413 in JSON); tornado's own cap would answer
             # an empty 400, so it is set out of the way. Bodies past the cap are discarded, never kept.
-            self._server = HTTPServer(app, max_body_size=sys.maxsize)
+            # A body still coming in after the request's deadline could only end in 504: stop reading it.
+            body_timeout = self.deployment.timeout + BODY_GRACE
+            self._server = HTTPServer(app, max_body_size=sys.maxsize, body_timeout=body_timeout)
             self._server.add_sockets(sockets)
         except BaseException as exc:
             self._error = exc

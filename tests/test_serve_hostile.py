@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import cloudflow_nb as cf
@@ -313,5 +313,6 @@ bodies = st.one_of(
 @given(body=bodies)
 def test_fuzzed_bodies_never_answer_5xx(endpoint, body):
     status, _, answer = send(endpoint, body)
+    event(f"status {status}")  # pytest --hypothesis-show-statistics shows the mix
     assert status < 500, answer
     assert status == 200 or answer["error"]

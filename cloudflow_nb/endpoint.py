@@ -10,7 +10,9 @@ infinity in a result as ``null``. Every answer is JSON, errors as ``{"error": ".
       fit the flow's input schema (a missing or unknown column, a ragged or non-numeric array)
 404   no such path
 405   a method the path does not take (the ``Allow`` header lists those it does)
-413   the body is larger than ``max_body`` bytes (answered from ``Content-Length`` before reading)
+413   the body is larger than ``max_body`` bytes, judged from ``Content-Length`` before it is read; a
+      body up to twice the limit is read and dropped first, so a client that sends before it reads
+      hears the answer, and a larger one is answered at once and its connection closed
 422   an operator failed (``operator`` names it), or a lookup found no value for its key
 429   a stage had no room (``Retry-After`` says when to retry), or too many big bodies were being
       decoded at once
@@ -37,7 +39,7 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 from tornado.web import Application, RequestHandler, stream_request_body
 
-from cloudflow_nb.errors import FlowError, FlowTimeoutError
+from cloudflow_nb.errors import FlowError, FlowTimeoutError, SchemaError
 from cloudflow_nb.httpjson import BodyFormat, decode_request, encode, encode_table, error_reply
 
 if TYPE_CHECKING:
@@ -108,6 +110,7 @@ class Endpoint:
         offload_over: int = OFFLOAD_OVER,
         decoders: int = DECODERS,
     ) -> None:
+        _check_limits(max_body=max_body, max_depth=max_depth, offload_over=offload_over, decoders=decoders)
         self.deployment = deployment
         self.max_body = max_body
         self.offload_over = offload_over
@@ -166,6 +169,13 @@ class Endpoint:
 
     def __repr__(self) -> str:
         return f"<cf.Endpoint {self.url} -> {self.deployment!r}>"
+
+
+def _check_limits(**limits: int) -> None:
+    for name, value in limits.items():
+        least = 1 if name == "decoders" else 0
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise SchemaError(f"serve: {name} must be an integer of at least {least}, got {value!r}")
 
 
 class _Decoders:

@@ -117,3 +117,13 @@ def test_the_limits_are_settings(serving_cluster):
         assert (status, body["error"]) == (400, "request body nests 4 levels deep, more than the limit of 3")
         status, body = call(ep.url + "/predict", {"x": list(range(100))})
         assert (status, body["error"]) == (413, "request body is larger than the limit of 300 bytes")
+
+
+@pytest.mark.parametrize(("limit", "value"), [("max_body", -1), ("max_depth", 2.5), ("decoders", 0)])
+def test_bad_limits_are_refused(serving_cluster, limit, value):
+    flow = cf.Flow("nolimit", x=int).map(lambda row: row["x"], names="y")
+    with (
+        serving_cluster.deploy(flow) as dep,
+        pytest.raises(cf.SchemaError, match=f"serve: {limit} must be an integer of at least"),
+    ):
+        cf.serve(dep, **{limit: value})

@@ -2,36 +2,91 @@
 
 ``POST /predict`` takes one row (a JSON object) or a request of several rows (a JSON list) and
 answers ``{"columns": [...], "rows": [...]}``; ``GET /health`` and ``GET /stats`` report on the
-deployment. Arrays travel as nested lists, ``bytes`` as base64 strings. Bad input answers 400,
-a failing operator 422, a missed deadline 504; every answer is JSON.
+deployment. Arrays travel as nested lists, ``bytes`` as base64 strings, and a ``nan`` or an
+infinity in a result as ``null``. Every answer is JSON, errors as ``{"error": "..."}``:
+
+====  ==============================================================================================
+400   the body is not JSON, nests deeper than ``max_depth``, holds ``NaN``/``Infinity``, or does not
+      fit the flow's input schema (a missing or unknown column, a ragged or non-numeric array)
+404   no such path
+405   a method the path does not take (the ``Allow`` header lists those it does)
+413   the body is larger than ``max_body`` bytes, judged from ``Content-Length`` before it is read; a
+      body up to twice the limit is read and dropped first, so a client that sends before it reads
+      hears the answer, and a larger one is answered at once and its connection closed
+422   an operator failed (``operator`` names it), or a lookup found no value for its key
+429   a stage had no room (``Retry-After`` says when to retry), or too many big bodies were being
+      decoded at once
+503   the deployment is closed, or the cluster could not serve the request
+504   the request's deadline passed; it counts from the request's arrival, decoding included
+500   a bug in the server, and nothing else
+====  ==============================================================================================
+
+A body over ``offload_over`` bytes is decoded (and its answer encoded) in one of ``decoders``
+worker processes, so that other clients are answered meanwhile: ``json.loads`` holds the GIL, so a
+thread would not do. Malformed HTTP itself (a bad request line) is answered by tornado, not here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
+import concurrent.futures
+import multiprocessing
+import sys
 import threading
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import numpy as np
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
-from tornado.web import Application, RequestHandler
+from tornado.web import Application, RequestHandler, stream_request_body
 
-from cloudflow_nb.errors import FlowError, FlowTimeoutError, OperatorError, SchemaError
-from cloudflow_nb.table import QID, Schema, Table
+from cloudflow_nb.errors import FlowError, FlowTimeoutError, SchemaError
+from cloudflow_nb.httpjson import BodyFormat, decode_request, encode, encode_table, error_reply
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from cloudflow_nb.runtime.deployment import Deployment
 
 __all__ = ["Endpoint", "serve"]
 
+MAX_BODY = 64 * 2**20
+MAX_DEPTH = 32
+OFFLOAD_OVER = 2**20
+DECODERS = 2
+# A refused body up to DRAIN times max_body is read (and dropped) before the answer; a larger one is not.
+DRAIN = 2
+# How long after the request's deadline a body may still be coming in before the connection is closed.
+BODY_GRACE = 5.0
+PATHS = {"/predict": "POST", "/health": "GET", "/stats": "GET"}
 
-def serve(deployment: Deployment, host: str = "127.0.0.1", port: int = 0) -> Endpoint:
-    """Serve ``deployment`` over HTTP on ``host:port`` (0 picks a free port); see :class:`Endpoint`."""
-    return Endpoint(deployment, host, port)
+T = TypeVar("T")
+
+
+def serve(
+    deployment: Deployment,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    max_body: int = MAX_BODY,
+    max_depth: int = MAX_DEPTH,
+    offload_over: int = OFFLOAD_OVER,
+    decoders: int = DECODERS,
+) -> Endpoint:
+    """Serve ``deployment`` over HTTP on ``host:port`` (0 picks a free port); see :class:`Endpoint`.
+
+    Parameters
+    ----------
+    max_body : int
+        Largest request body in bytes; larger ones answer 413.
+    max_depth : int
+        Deepest nesting of lists and objects a body may have; deeper ones answer 400.
+    offload_over : int
+        Bodies larger than this (bytes) are decoded in a worker process.
+    decoders : int
+        Worker processes for those, and how many such bodies may be in hand at once (more: 429).
+    """
+    return Endpoint(deployment, host, port, max_body=max_body, max_depth=max_depth, offload_over=offload_over,
+                    decoders=decoders)  # fmt: skip
 
 
 class Endpoint:
@@ -44,8 +99,23 @@ class Endpoint:
     {'columns': ['qid', 'x', 'y'], 'rows': [{'qid': 0, 'x': 1, 'y': 2}]}
     """
 
-    def __init__(self, deployment: Deployment, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        deployment: Deployment,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        max_body: int = MAX_BODY,
+        max_depth: int = MAX_DEPTH,
+        offload_over: int = OFFLOAD_OVER,
+        decoders: int = DECODERS,
+    ) -> None:
+        _check_limits(max_body=max_body, max_depth=max_depth, offload_over=offload_over, decoders=decoders)
         self.deployment = deployment
+        self.max_body = max_body
+        self.offload_over = offload_over
+        self.format = BodyFormat.of(deployment.flow.input_schema, max_depth)
+        self.decoders = _Decoders(decoders)
         self._loop = asyncio.new_event_loop()
         self._started = threading.Event()
         self._error: BaseException | None = None
@@ -61,9 +131,14 @@ class Endpoint:
         try:
             sockets = bind_sockets(port, host)
             self.port: int = sockets[0].getsockname()[1]
-            args = {"deployment": self.deployment}
-            app = Application([(r"/predict", _Predict, args), (r"/health", _Health, args), (r"/stats", _Stats, args)])
-            self._server = HTTPServer(app)
+            args = {"endpoint": self}
+            handlers = [(r"/predict", _Predict, args), (r"/health", _Health, args), (r"/stats", _Stats, args)]
+            app = Application(handlers, default_handler_class=_NotFound, default_handler_args=args)
+            # The handlers cap bodies themselves (and answer 413 in JSON); tornado's own cap would answer
+            # an empty 400, so it is set out of the way. Bodies past the cap are discarded, never kept.
+            # A body still coming in after the request's deadline could only end in 504: stop reading it.
+            body_timeout = self.deployment.timeout + BODY_GRACE
+            self._server = HTTPServer(app, max_body_size=sys.maxsize, body_timeout=body_timeout)
             self._server.add_sockets(sockets)
         except BaseException as exc:
             self._error = exc
@@ -73,7 +148,7 @@ class Endpoint:
         self._loop.run_forever()
 
     def close(self) -> None:
-        """Stop listening (the deployment stays up)."""
+        """Stop listening and stop the decoding processes (the deployment stays up)."""
         if not self._thread.is_alive():
             return
 
@@ -84,6 +159,7 @@ class Endpoint:
         self._loop.call_soon_threadsafe(stop)
         self._thread.join(10)
         self._loop.close()
+        self.decoders.close()
 
     def __enter__(self) -> Endpoint:
         return self
@@ -95,89 +171,201 @@ class Endpoint:
         return f"<cf.Endpoint {self.url} -> {self.deployment!r}>"
 
 
-class _Handler(RequestHandler):
-    def initialize(self, deployment: Deployment) -> None:
-        self.deployment = deployment
+def _check_limits(**limits: int) -> None:
+    for name, value in limits.items():
+        least = 1 if name == "decoders" else 0
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise SchemaError(f"serve: {name} must be an integer of at least {least}, got {value!r}")
 
-    def reply(self, status: int, body: Any) -> None:
+
+class _Decoders:
+    """Worker processes for big bodies, and the count of big bodies in hand (at most ``size``).
+
+    Used from the endpoint's event loop thread only. Processes start with the first big body.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.busy = 0
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+
+    def take(self) -> bool:
+        """Reserve room for one big body; False when ``size`` are already in hand."""
+        if self.busy >= self.size:
+            return False
+        self.busy += 1
+        return True
+
+    def release(self) -> None:
+        self.busy -= 1
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in a worker process; a pool whose process died is replaced next time."""
+        if self._pool is None:
+            context = multiprocessing.get_context("spawn")  # never fork a process that has threads
+            self._pool = concurrent.futures.ProcessPoolExecutor(self.size, mp_context=context)
+        try:
+            return await asyncio.wrap_future(self._pool.submit(fn, *args))
+        except concurrent.futures.process.BrokenProcessPool:
+            self._pool = None
+            raise FlowError("the process decoding the request body died; retry later") from None
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
+@stream_request_body
+class _Handler(RequestHandler):
+    """JSON answers for everything, bodies read in pieces and capped (none of the GETs reads one)."""
+
+    def initialize(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+        self.deployment = endpoint.deployment
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.big = False  # holds one of the endpoint's decoder slots
+        self.working = False  # the body is in and the request is being answered
+        self.refusal: tuple[int, dict[str, Any], dict[str, str]] | None = None
+
+    def prepare(self) -> None:
+        self.arrived = asyncio.get_running_loop().time()
+        declared = self.request.headers.get("Content-Length", "0")
+        self.declared = int(declared) if declared.isdigit() else 0
+        self.check(self.declared)
+
+    def data_received(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.refusal is None:
+            self.check(self.size)
+        if self.refusal is None:
+            self.chunks.append(chunk)
+        elif self.size > DRAIN * self.endpoint.max_body:
+            self.reply(*self.refusal)  # stop reading: answered now, and the connection closes
+
+    def check(self, size: int) -> None:
+        """Refuse the body once it is (or is declared) too large, or big with no decoder slot free."""
+        ep = self.endpoint
+        if size > ep.max_body:
+            self.refuse(413, {"error": f"request body is larger than the limit of {ep.max_body} bytes"})
+        elif size > ep.offload_over and not self.big:
+            self.big = ep.decoders.take()
+            if not self.big:
+                message = f"{ep.decoders.size} large request bodies are being decoded already; retry later"
+                self.refuse(429, {"error": message}, {"Retry-After": "1"})
+
+    def refuse(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+        """Drop the body and answer ``status`` once it has been read, so that a client that sends all
+        before it reads hears why; a body over ``DRAIN`` times ``max_body`` is answered at once."""
+        self.chunks.clear()
+        self.refusal = (status, body, headers or {})
+        if self.declared > DRAIN * self.endpoint.max_body:
+            self.reply(*self.refusal)
+
+    def refused(self) -> bool:
+        """Answer the refusal of the body, if any (the request's method then does nothing else)."""
+        if self.refusal is not None:
+            self.reply(*self.refusal)
+        return self.refusal is not None
+
+    def body(self) -> bytes:
+        data = b"".join(self.chunks)
+        self.chunks.clear()
+        return data
+
+    def reply(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+        self.reply_bytes(status, encode(body), headers)
+
+    def reply_bytes(self, status: int, data: bytes, headers: dict[str, str] | None = None) -> None:
+        if self._finished:
+            return
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps(body, default=_json_value))
+        for name, value in (headers or {}).items():
+            self.set_header(name, value)
+        self.finish(data)
+
+    def reply_error(self, exc: FlowError) -> None:
+        self.reply(*error_reply(exc))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
-        self.reply(status_code, {"error": self._reason})
+        if status_code == 405:
+            allowed = PATHS.get(self.request.path, "")
+            self.set_header("Allow", allowed)
+            message = f"method {self.request.method} is not allowed on {self.request.path} (use {allowed})"
+        elif status_code == 500:
+            message = "internal server error (a bug in the server; it is logged)"
+        else:
+            message = self._reason.lower()
+        self.reply(status_code, {"error": message})
+
+    def on_finish(self) -> None:
+        self.release()
+
+    def on_connection_close(self) -> None:
+        if not self.working:  # the client left while sending; a request at work keeps its slot to the end
+            self.release()
+
+    def release(self) -> None:
+        """Give back the decoder slot, if this request holds one."""
+        if self.big:
+            self.big = False
+            self.endpoint.decoders.release()
 
 
 class _Predict(_Handler):
     async def post(self) -> None:
-        try:
-            payload = json.loads(self.request.body or b"null")
-        except ValueError as exc:
-            self.reply(400, {"error": f"body is not JSON: {exc}"})
+        if self.refused():
             return
+        self.working = True
         try:
-            request = _decode_request(payload, self.deployment.flow.input_schema)
-            table = await asyncio.wrap_future(self.deployment.submit(request))
-        except SchemaError as exc:
-            self.reply(400, {"error": str(exc)})
-        except OperatorError as exc:
-            self.reply(422, {"error": str(exc), "operator": exc.operator})
-        except FlowTimeoutError as exc:
-            self.reply(504, {"error": str(exc)})
+            await self.answer()
+        finally:
+            self.release()
+
+    async def answer(self) -> None:
+        ep, dep = self.endpoint, self.deployment
+        big, body = self.big, self.body()
+        loop = asyncio.get_running_loop()
+        try:
+            rows = await ep.decoders.run(decode_request, body, ep.format) if big else decode_request(body, ep.format)
+            del body
+            left = dep.timeout - (loop.time() - self.arrived)
+            if left <= 0:
+                raise FlowTimeoutError(
+                    f"flow {dep.plan.name!r}: the deadline of {dep.timeout:g} s passed while the request "
+                    "was read and decoded"
+                )
+            table = await asyncio.wrap_future(dep.submit(rows, timeout=left))
+            answer = await ep.decoders.run(encode_table, table) if big else encode_table(table)
         except FlowError as exc:
-            self.reply(500, {"error": str(exc)})
+            self.reply_error(exc)
         else:
-            self.reply(200, _encode_table(table))
+            self.reply_bytes(200, answer)
 
 
 class _Health(_Handler):
     def get(self) -> None:
+        if self.refused():
+            return
         dep = self.deployment
         self.reply(503 if dep.closed else 200, {"flow": dep.plan.name, "status": "closed" if dep.closed else "ok"})
 
 
 class _Stats(_Handler):
     async def get(self) -> None:
-        self.reply(200, await asyncio.to_thread(self.deployment.stats))
-
-
-def _decode_request(payload: Any, schema: Schema) -> list[dict[str, Any]]:
-    """JSON rows -> request rows, turning lists into arrays and base64 into bytes where the schema asks."""
-    rows = [payload] if isinstance(payload, Mapping) else payload
-    if not isinstance(rows, list):
-        raise SchemaError(f"request: expected a JSON object or a list of objects, got {type(payload).__name__}")
-    out = []
-    for i, row in enumerate(rows):
-        if not isinstance(row, Mapping):
-            raise SchemaError(f"request row {i} must be a JSON object, got {type(row).__name__}")
-        out.append({k: _decode_value(schema[k], v) if k in schema and k != QID else v for k, v in row.items()})
-    return out
-
-
-def _decode_value(tp: type, value: Any) -> Any:
-    if value is None:
-        return value
-    if tp is np.ndarray and isinstance(value, list):
-        return np.asarray(value)
-    if tp is bytes and isinstance(value, str):
+        if self.refused():
+            return
         try:
-            return base64.b64decode(value, validate=True)
-        except ValueError:
-            return value  # the schema check names the column and the expected type
-    return value
+            stats = await asyncio.to_thread(self.deployment.stats)
+        except FlowError as exc:
+            self.reply_error(exc)
+        else:
+            self.reply(200, stats)
 
 
-def _encode_table(table: Table) -> dict[str, Any]:
-    return {"columns": list(table.columns), "rows": [row.to_dict() for row in table]}
-
-
-def _json_value(value: Any) -> Any:
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, (bytes, bytearray)):
-        return base64.b64encode(value).decode("ascii")
-    if hasattr(value, "tolist"):  # torch tensors and the like
-        return value.tolist()
-    return repr(value)
+class _NotFound(_Handler):
+    def prepare(self) -> None:
+        paths = ", ".join(f"{method} {path}" for path, method in PATHS.items())
+        self.reply(404, {"error": f"no such path {self.request.path!r} (paths: {paths})"})

@@ -237,9 +237,27 @@ def test_filter_keeps_matching_rows_and_their_qids(run):
     assert records(out) == [{"qid": 1, "x": -2}, {"qid": 3, "x": 4}]
 
 
-def test_filter_uses_truthiness(run):
-    out = run(X.filter(lambda row: row["x"] - 1), [{"x": 1}, {"x": 2}])
-    assert out.column("qid") == [1]
+def is_big(row):
+    return np.array([row["x"]]) > 2  # an array, not a bool: ambiguous
+
+
+def numpy_verdict(row):
+    return np.int64(row["x"]) > 2  # np.bool_
+
+
+def test_filter_takes_numpy_bools(run):
+    assert run(X.filter(numpy_verdict), REQ).column("x") == [3, 4]
+
+
+@pytest.mark.parametrize(
+    ("pred", "got"),
+    [(is_big, "ndarray"), (lambda row: "yes", "str"), (lambda row: None, "NoneType"), (lambda row: row["x"], "int")],
+)
+def test_filter_must_return_a_bool(run, pred, got):
+    flow = X.filter(pred, name="is_big")
+    with pytest.raises(cf.OperatorError, match=f"filter 'is_big' must return a bool, got {got}") as info:
+        run(flow, REQ)
+    assert info.value.operator == "filter 'is_big'"
 
 
 def test_filter_with_a_class(run):

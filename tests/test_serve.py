@@ -92,5 +92,38 @@ def test_closed_deployment_reports_unhealthy(serving_cluster):
         dep.close()
         assert call(ep.url + "/health", method="GET")[0] == 503
         status, body = call(ep.url + "/predict", {"x": 1})
-        assert status == 500
+        assert status == 503
         assert "closed" in body["error"]
+
+
+def test_big_bodies_decoded_in_a_worker_process_answer_the_same(serving_cluster):
+    flow = cf.Flow("http", img=np.ndarray, raw=bytes).map(total, names={"sum": float, "n": int})
+    request = [{"img": [[1.5, 2], [3, 4]], "raw": base64.b64encode(b"abc").decode()}, {"img": [], "raw": ""}]
+    with serving_cluster.deploy(flow) as dep, cf.serve(dep) as inline, cf.serve(dep, offload_over=0) as offload:
+        assert call(offload.url + "/predict", request) == call(inline.url + "/predict", request)
+        status, body = call(offload.url + "/predict", {"img": [[1], [2, 3]], "raw": ""})
+        assert status == 400
+        assert "column 'img'" in body["error"]
+
+
+def test_the_limits_are_settings(serving_cluster):
+    flow = cf.Flow("limits", x=list).map(lambda row: len(row["x"]), names={"n": int})
+    with serving_cluster.deploy(flow) as dep, cf.serve(dep, max_body=300, max_depth=3) as ep:
+        assert call(ep.url + "/predict", {"x": [[1]]}) == (
+            200,
+            {"columns": ["qid", "x", "n"], "rows": [{"qid": 0, "x": [[1]], "n": 1}]},
+        )
+        status, body = call(ep.url + "/predict", {"x": [[[1]]]})
+        assert (status, body["error"]) == (400, "request body nests 4 levels deep, more than the limit of 3")
+        status, body = call(ep.url + "/predict", {"x": list(range(100))})
+        assert (status, body["error"]) == (413, "request body is larger than the limit of 300 bytes")
+
+
+@pytest.mark.parametrize(("limit", "value"), [("max_body", -1), ("max_depth", 2.5), ("decoders", 0)])
+def test_bad_limits_are_refused(serving_cluster, limit, value):
+    flow = cf.Flow("nolimit", x=int).map(lambda row: row["x"], names="y")
+    with (
+        serving_cluster.deploy(flow) as dep,
+        pytest.raises(cf.SchemaError, match=f"serve: {limit} must be an integer of at least"),
+    ):
+        cf.serve(dep, **{limit: value})

@@ -11,6 +11,8 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 from cloudflow_nb.errors import FlowError, MissingKeyError, OperatorError, SchemaError
 from cloudflow_nb.physical import SOURCE, Plan, Stage
 from cloudflow_nb.plan import NO_DEFAULT, Agg, AnyOf, Filter, Join, Lookup, Map, Node, Source, StageInput, Union
@@ -194,7 +196,7 @@ class LocalEngine:
 
     def _filter(self, node: Filter, table: Table) -> Table:
         pred = self.instance(node)
-        return Table(node.schema, [row for row in table if _call_user(node, pred, row)])
+        return Table(node.schema, [row for row in table if _verdict(node, _call_user(node, pred, row), row)])
 
     def _lookup(self, node: Lookup, table: Table) -> Table:
         if len(table) == 0:
@@ -230,6 +232,13 @@ def _call_user(node: Map | Filter, fn: Any, row: Row) -> Any:
         raise
     except Exception as exc:
         raise OperatorError(f"{node.title} failed on qid {row.qid}: {type(exc).__name__}: {exc}", node.title) from exc
+
+
+def _verdict(node: Filter, kept: Any, row: Row) -> bool:
+    """A filter's answer for ``row``: a ``bool`` (numpy's too), never the truthiness of something else."""
+    if isinstance(kept, (bool, np.bool_)):
+        return bool(kept)
+    raise OperatorError(f"{node.title} must return a bool, got {type(kept).__name__} (qid {row.qid})", node.title)
 
 
 def _inputs_used(node: Node) -> tuple[Node, ...]:

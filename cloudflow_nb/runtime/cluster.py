@@ -7,9 +7,10 @@ this process's own loop thread straight to the workers.
 
 Deployments scale with ``dep.scale`` and ``dep.autoscale``; when the autoscaler needs a worker it
 asks the cluster through Dask's own machinery: a ``LocalCluster`` adds a worker spec of the needed
-kind to its ``SpecCluster``, a connected client's ``.cluster`` is ``scale``-d when it has one; an
-idle added worker is given back by address, that worker and no other. A scheduler plugin keeps
-Dask's adaptive scaling from retiring workers that host replicas.
+kind to its ``SpecCluster``, a connected client's ``.cluster`` is ``scale``-d when it has one. The
+scheduler's deployment registry (:mod:`~cloudflow_nb.runtime.registry`) keeps Dask's adaptive
+scaling from retiring workers that host replicas, drops the replicas of a client that died, and
+keeps detached deployments by name for any client to attach to (:meth:`Cluster.deployment`).
 """
 
 from __future__ import annotations
@@ -28,10 +29,11 @@ from distributed import Client, Nanny, Scheduler, SpecCluster, Worker
 from distributed.security import Security
 
 from cloudflow_nb.errors import DeploymentError
-from cloudflow_nb.runtime.controller import ReplicaGuard, WorkerScaler, list_workers
+from cloudflow_nb.runtime.controller import WorkerScaler, list_workers
 from cloudflow_nb.runtime.deployment import DEFAULT_TIMEOUT, Deployment
 from cloudflow_nb.runtime.loop import LoopThread
 from cloudflow_nb.runtime.placement import WorkerInfo
+from cloudflow_nb.runtime.registry import Registry, valid_name
 from cloudflow_nb.runtime.replica import CloudflowWorker
 from cloudflow_nb.runtime.store import Store, StoreDirectory
 
@@ -64,7 +66,7 @@ class Cluster:
         self._own_client = own_client
         self._deployments: list[Deployment] = []
         client.register_plugin(StoreDirectory())
-        client.register_plugin(ReplicaGuard())
+        client.register_plugin(Registry())
         client.register_plugin(CloudflowWorker())
         self._loop = LoopThread(client.connection_args)
         self.scheduler_address: str = client.scheduler.address
@@ -90,11 +92,17 @@ class Cluster:
         max_inflight: int | None = None,
         max_queue: int | None = None,
         stage_timeout: float | None = None,
+        *,
+        name: str | None = None,
+        detached: bool = False,
     ) -> Deployment:
         """Optimize ``flow``, start warm replicas of each stage on suitable workers, and serve it.
 
         The deployment's replicas then scale by hand (``dep.scale(stage, n)``) or with the load
-        (``dep.autoscale(...)``, which may add workers to this cluster and give them back).
+        (``dep.autoscale(...)``, which may add workers to this cluster and give them back). They
+        live as long as this client renews their lease; a detached deployment lives until
+        :meth:`close_deployment` (or ``dep.shutdown()``), and other processes attach to it with
+        :meth:`deployment`.
 
         Parameters
         ----------
@@ -113,6 +121,16 @@ class Cluster:
         stage_timeout : float, optional
             Seconds one call may run before its replica counts as hung and is replaced (default:
             ``timeout``).
+        name : str, optional
+            The deployment's name in the cluster; default: the flow's name (plus a unique suffix
+            unless detached). A name already running raises ``DeploymentError``.
+        detached : bool
+            Outlive this client: closed only by name.
+
+        Examples
+        --------
+        >>> dep = cluster.deploy(flow, name="cascade", detached=True)   # doctest: +SKIP
+        >>> cf.connect(address).deployment("cascade").predict(request)   # doctest: +SKIP
         """
         plan = flow.optimize(optimize)
         dep = Deployment(
@@ -123,12 +141,54 @@ class Cluster:
             self.store,
             timeout,
             self._scaler(),
-            max_inflight,
-            stage_timeout,
-            max_queue,
+            max_inflight=max_inflight,
+            stage_timeout=stage_timeout,
+            max_queue=max_queue,
+            name=name,
+            detached=detached,
         ).start()
         self._deployments.append(dep)
         return dep
+
+    def deployment(self, name: str) -> Deployment:
+        """Attach to the detached deployment ``name``: a handle with its own router, serving on the
+        deployment's replicas. ``close()`` on it detaches only this client.
+
+        Raises ``DeploymentError`` when no detached deployment of that name is running.
+        """
+        info = self._loop.run(self._registry().cf_deployment(name=valid_name(name)), timeout=10)
+        if info is None:
+            running = ", ".join(repr(n) for n in self.deployments()) or "none"
+            raise DeploymentError(f"no deployment named {name!r} is running (deployments: {running})")
+        if not info["detached"]:
+            raise DeploymentError(
+                f"deployment {name!r} is not detached: it belongs to the client that made it "
+                "(deploy with detached=True to attach from elsewhere)"
+            )
+        dep = Deployment.attach(info, self._loop, self.scheduler_address, self.store, self._scaler())
+        self._deployments.append(dep)
+        return dep
+
+    def deployments(self) -> list[str]:
+        """The names of the deployments running on this cluster (from any client), sorted."""
+        return list(self._loop.run(self._registry().cf_deployments(), timeout=10))
+
+    def close_deployment(self, name: str) -> None:
+        """Stop the replicas of deployment ``name`` (detached or not) for every client attached to it.
+
+        Raises ``DeploymentError`` when no deployment of that name is running.
+        """
+        mine = [d for d in self._deployments if d.name == valid_name(name)]
+        for dep in mine:
+            dep.shutdown()
+            self._deployments.remove(dep)
+        if not self._loop.run(self._registry().cf_close_deployment(name=name), timeout=30) and not mine:
+            running = ", ".join(repr(n) for n in self.deployments()) or "none"
+            raise DeploymentError(f"no deployment named {name!r} is running (deployments: {running})")
+
+    def _registry(self) -> Any:
+        """The scheduler's deployment registry, as an RPC on this cluster's loop."""
+        return self._loop.pool(self.scheduler_address)
 
     def _scaler(self) -> WorkerScaler:
         """How the autoscaler adds workers: the client's ``.cluster.scale`` when it has one."""

@@ -15,9 +15,18 @@ calls sent elsewhere) and replaced; it is stopped once idle. Every loop runs und
 With autoscaling on (:meth:`Controller.start_autoscale`) it also applies the decisions of an
 :class:`~cloudflow_nb.runtime.autoscale.AutoscalePolicy`: new replicas are built (warm) before the
 router sees them, surplus idle ones are taken out of routing and then stopped, and workers are
-added or given back through a :class:`WorkerScaler`. Every deployment reports the workers hosting
-its replicas to the scheduler's :class:`ReplicaGuard`, which vetoes their retirement by Dask's own
-adaptive machinery.
+added or given back through a :class:`WorkerScaler`.
+
+Ownership: every deployment is registered with the scheduler's
+:class:`~cloudflow_nb.runtime.registry.Registry` under a lease that the controller renews every
+``lease / 3`` seconds (a loop under its :class:`~cloudflow_nb.runtime.supervise.Supervisor`),
+reporting its replicas as it goes; the registry vetoes the retirement of their workers by Dask's
+adaptive machinery. A deployment that is not detached dies with its lease: when the scheduler
+answers that it is gone (or no renewal got through for a whole lease), the controller marks it
+lost (:attr:`Controller.lost`) and the deployment refuses requests. Several clients may attach to
+a detached deployment: the lease holder manages (reconciles, heals, scales) and the others follow
+the registry's replica list, refreshed every round and when the router reports a lost replica;
+when the manager stops renewing, the next follower to renew takes over.
 """
 
 from __future__ import annotations
@@ -25,9 +34,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
+import uuid
 from typing import TYPE_CHECKING, Any
 
-from distributed.diagnostics.plugin import SchedulerPlugin
 from distributed.protocol.serialize import to_serialize
 
 from cloudflow_nb.errors import DeploymentError
@@ -53,6 +63,7 @@ from cloudflow_nb.runtime.placement import (
     replicas_to_remove,
     target_replicas,
 )
+from cloudflow_nb.runtime.registry import DROP_TIMEOUT, lease_seconds
 from cloudflow_nb.runtime.replica import StageSpec
 from cloudflow_nb.runtime.routing import ReplicaRef
 from cloudflow_nb.runtime.stats import percentile
@@ -61,11 +72,12 @@ from cloudflow_nb.runtime.wire import labelled, unpack_error
 
 if TYPE_CHECKING:
     from distributed.core import ConnectionPool
-    from distributed.scheduler import Scheduler, WorkerState
 
     from cloudflow_nb.runtime.router import StageRuntime
 
-__all__ = ["Controller", "ReplicaGuard", "WorkerScaler", "list_workers"]
+__all__ = ["Controller", "WorkerScaler", "list_workers"]
+
+logger = logging.getLogger("cloudflow_nb")
 
 WATCH_INTERVAL = 0.5
 PROBE_INTERVAL = 1.0  # seconds between health probes of the workers hosting replicas
@@ -97,48 +109,6 @@ async def worker_threads(pool: ConnectionPool, scheduler: str) -> list[tuple[Wor
     ]
 
 
-class ReplicaGuard(SchedulerPlugin):
-    """Scheduler plugin: which workers host stage replicas, and a veto on retiring them.
-
-    Deployments report their hosting workers (``cf_replica_hosts``); ``valid_workers_downscaling``
-    then keeps those workers out of what Dask's adaptive scaling and ``retire_workers`` may close
-    (research/dask.md 2.8: ``cluster.adapt()`` sees no actor traffic and would retire them).
-    """
-
-    name = "cloudflow-replicas"
-    idempotent = True
-
-    def __init__(self) -> None:
-        self.hosts: dict[str, dict[str, int]] = {}
-
-    async def start(self, scheduler: Scheduler) -> None:
-        scheduler.handlers["cf_replica_hosts"] = self.report
-
-    def report(self, deployment: str, workers: dict[str, int] | None = None) -> dict[str, int]:
-        """Record ``deployment``'s replicas per worker (``None``: it closed); all deployments' counts."""
-        if workers:
-            self.hosts[deployment] = dict(workers)
-        else:
-            self.hosts.pop(deployment, None)
-        return self.hosted()
-
-    def hosted(self) -> dict[str, int]:
-        """Replicas per worker over every deployment."""
-        total: dict[str, int] = {}
-        for workers in self.hosts.values():
-            for address, n in workers.items():
-                total[address] = total.get(address, 0) + n
-        return total
-
-    def valid_workers_downscaling(self, scheduler: Scheduler, workers: list[WorkerState]) -> list[WorkerState]:
-        hosted = self.hosted()
-        return [ws for ws in workers if ws.address not in hosted]
-
-    def remove_worker(self, scheduler: Scheduler, worker: str, **kwargs: Any) -> None:
-        for workers in self.hosts.values():
-            workers.pop(worker, None)
-
-
 class WorkerScaler:
     """Adds and gives back workers for the autoscaler; this base class cannot (it says why)."""
 
@@ -158,7 +128,19 @@ class WorkerScaler:
 
 
 class Controller:
-    """Places and re-places the replicas of one deployment's stages (runs on its loop)."""
+    """Places and re-places the replicas of one deployment's stages (runs on its loop).
+
+    Parameters
+    ----------
+    name : str
+        The deployment's name in the scheduler's registry (no ``/``).
+    detached : bool
+        Whether the deployment outlives its lease (closed only by name).
+    spec : bytes
+        What a later client needs to attach (opaque to the scheduler).
+    lease : float, optional
+        Lease period in seconds; default: dask config ``cloudflow.lease``.
+    """
 
     def __init__(
         self,
@@ -168,14 +150,25 @@ class Controller:
         stages: dict[str, StageRuntime],
         scaler: WorkerScaler | None = None,
         stage_timeout: float = 30.0,
+        detached: bool = False,
+        spec: bytes = b"",
+        lease: float | None = None,
     ) -> None:
         self.name = name
+        self.detached = detached
+        self.spec = spec
+        self.lease = lease_seconds() if lease is None else lease
+        self.holder = uuid.uuid4().hex[:8]  # this client's lease token, also in its replicas' ids
+        self.managing = False
+        self.lost: str | None = None  # why this deployment is gone, once it is
+        self.supervisor = Supervisor(name)
+        self._refresh = asyncio.Event()
+        self._renewed = 0.0  # loop time of the last renewal the scheduler answered
         self.pool = pool
         self.scheduler = scheduler
         self.stages = {k: s for k, s in stages.items() if not s.stage.in_router}
         self._ids = itertools.count()
         self._wake = asyncio.Event()
-        self.supervisor = Supervisor(name)
         self.health = HealthPolicy(stage_timeout)
         self._lock = asyncio.Lock()
         self.last_error: BaseException | None = None
@@ -192,18 +185,129 @@ class Controller:
         self._closed = False
 
     async def deploy(self) -> None:
-        """Place every stage, then keep watching.
+        """Register the deployment, place every stage, then keep watching and renewing its lease.
 
-        Raises ``DeploymentError`` when a stage cannot be placed, and the ``OperatorError`` of a
-        class-based operator that fails to build.
+        Raises ``DeploymentError`` when the name is taken or a stage cannot be placed, and the
+        ``OperatorError`` of a class-based operator that fails to build.
         """
+        reply = await asyncio.wait_for(
+            self.pool(self.scheduler).cf_register(
+                name=self.name, holder=self.holder, detached=self.detached, lease=self.lease, spec=self.spec
+            ),
+            10,
+        )
+        if reply["status"] != "ok":
+            raise DeploymentError(reply["message"])
+        self.managing = True
+        self._renewed = asyncio.get_running_loop().time()
+        self.supervisor.loop("lease", self._renew, self.lease / 3, wake=self._refresh)
         try:
             await self.reconcile(strict=True)
         except BaseException:
-            await self.close()
+            await self.close(stop_replicas=True)
             raise
-        self.supervisor.loop("watch", self.reconcile, WATCH_INTERVAL, wake=self._wake)
-        self.supervisor.loop("health", self.check_health, PROBE_INTERVAL)
+        self._start_watch()
+
+    async def attach(self) -> None:
+        """Join a registered detached deployment: follow its replicas, and manage them when its
+        lease is free. Raises ``DeploymentError`` when it is gone."""
+        await self._lease_round()
+        if self.lost is not None:
+            raise DeploymentError(self.lost)
+        self.supervisor.loop("lease", self._renew, self.lease / 3, wake=self._refresh)
+
+    # -- the lease -------------------------------------------------------------------------------
+
+    async def _renew(self) -> None:
+        """One round of the lease loop: renew (or take over) the lease and follow the registry."""
+        if self.managing and asyncio.get_running_loop().time() - self._renewed > self.lease:
+            if not self.detached:
+                self._lose(
+                    f"deployment {self.name!r} could not renew its lease for {self.lease:g} s "
+                    "(the scheduler stops its replicas): deploy it again"
+                )
+                return
+            self._set_managing(False)  # another client may hold it by now
+        await self._lease_round()
+
+    async def _lease_round(self) -> None:
+        """Renew the lease (reporting this client's replicas while managing) and act on the answer."""
+        mine = [[r.id, r.stage, r.worker, srt.devices[r]] for srt in self.stages.values() for r in srt.replicas]
+        reply = await asyncio.wait_for(
+            self.pool(self.scheduler).cf_lease(
+                name=self.name, holder=self.holder, replicas=mine if self.managing else None
+            ),
+            max(1.0, self.lease / 3),
+        )
+        if reply["status"] == "gone":
+            how = "was closed" if self.detached else "lost its lease (its client could not renew it in time)"
+            self._lose(f"deployment {self.name!r} {how}; its replicas were stopped: deploy it again")
+            return
+        if reply["status"] != "ok":
+            raise DeploymentError(reply["message"])
+        self._renewed = asyncio.get_running_loop().time()
+        self._hosted = reply["hosted"]
+        self._set_managing(reply["role"] == "manager")
+        if self.managing:
+            self._reported = {}
+            for _, _, worker, _ in mine:
+                self._reported[worker] = self._reported.get(worker, 0) + 1
+        else:
+            self._follow(reply["replicas"])
+
+    def _set_managing(self, managing: bool) -> None:
+        """Take over managing the replicas (reconcile soon) or hand it over (stop healing and scaling)."""
+        if managing == self.managing:
+            return
+        self.managing = managing
+        if managing:
+            logger.info("%s: this client manages the deployment now", self.name)
+            self._orphans.clear()  # what it failed to reach while following was not its own
+            self._reported = None
+            self._start_watch()
+            self.poke()
+        else:
+            logger.info("%s: another client manages the deployment now", self.name)
+            self._stop_watch()
+
+    def _follow(self, replicas: list[list[str]]) -> None:
+        """Route to the replicas the registry lists (the manager's), and to no others."""
+        wanted: dict[str, dict[ReplicaRef, str]] = {name: {} for name in self.stages}
+        for rid, stage, worker, device in replicas:
+            if stage in wanted:
+                wanted[stage][ReplicaRef(stage, rid, worker)] = device
+        for name, srt in self.stages.items():
+            for r in [r for r in srt.replicas if r not in wanted[name]]:
+                srt.remove(r)
+            for r, device in wanted[name].items():
+                if r not in srt.devices:
+                    srt.add(r, device)
+
+    def _lose(self, reason: str) -> None:
+        """The deployment is gone: stop every loop, route nowhere, refuse requests (``lost``)."""
+        if self.lost is not None:
+            return
+        logger.warning("%s", reason)
+        self.lost = reason
+        self.managing = False
+        self._stop_watch()
+        self.stop_autoscale()
+        self.supervisor.stop("lease")
+        for srt in self.stages.values():
+            for r in list(srt.replicas):
+                srt.remove(r)
+                if not self.detached:  # the scheduler dropped them too; this reaches workers it cannot
+                    self._spawn_stop(r.worker, [r.id])
+
+    def _start_watch(self) -> None:
+        """Heal while managing: reconcile placements and probe the replicas' health."""
+        if not self.supervisor.running("watch"):
+            self.supervisor.loop("watch", self.reconcile, WATCH_INTERVAL, wake=self._wake)
+            self.supervisor.loop("health", self.check_health, PROBE_INTERVAL)
+
+    def _stop_watch(self) -> None:
+        self.supervisor.stop("watch")
+        self.supervisor.stop("health")
 
     async def reconcile(self, strict: bool = False) -> None:
         """Drop replicas on vanished workers and start the missing ones."""
@@ -242,22 +346,19 @@ class Controller:
         await self.report_hosts()
 
     async def report_hosts(self, force: bool = False) -> dict[str, int]:
-        """Tell the scheduler's guard which workers host this deployment's replicas (when that
-        changed, or ``force``); the replicas per worker over every deployment."""
+        """Report this deployment's replicas to the scheduler's registry while managing (when the
+        workers hosting them changed, or ``force``); the replicas per worker over every deployment."""
         mine: dict[str, int] = {}
         for srt in self.stages.values():
             for r in srt.replicas:
                 mine[r.worker] = mine.get(r.worker, 0) + 1
-        if force or mine != self._reported:
-            self._hosted = await asyncio.wait_for(
-                self.pool(self.scheduler).cf_replica_hosts(deployment=self.name, workers=mine), 10
-            )
-            self._reported = mine
+        if self.managing and (force or mine != self._reported):
+            await self._lease_round()
         return self._hosted
 
     async def _start(self, srt: StageRuntime, worker: str) -> None:
         stage = srt.stage
-        replica = ReplicaRef(stage.name, f"{self.name}/{stage.name}/{next(self._ids)}", worker)
+        replica = ReplicaRef(stage.name, f"{self.name}/{stage.name}/{self.holder}-{next(self._ids)}", worker)
         spec = StageSpec(stage.name, labelled(stage.program), stage.batching, stage.gpu, srt.limit)
         try:
             reply = await asyncio.wait_for(
@@ -271,8 +372,10 @@ class Controller:
         srt.add(replica, reply["device"])
 
     def poke(self) -> None:
-        """Reconcile soon."""
+        """Reconcile soon (when following: refresh the replica list from the registry soon)."""
         self._wake.set()
+        if not self.managing:
+            self._refresh.set()
 
     def worker_lost(self, worker: str) -> None:
         """The router could not reach ``worker``: stop routing to it and reconcile."""
@@ -363,7 +466,11 @@ class Controller:
         self.supervisor.stop("autoscale")
 
     async def autoscale_once(self, policy: AutoscalePolicy) -> list[Instruction]:
-        """One look at the load: the policy's instructions, started (they finish in the background)."""
+        """One look at the load: the policy's instructions, started (they finish in the background).
+
+        None while another client manages the deployment."""
+        if not self.managing:
+            return []
         workers = await worker_threads(self.pool, self.scheduler)
         hosted = await self.report_hosts(force=True)
         mine = dict(self._reported or {})
@@ -440,6 +547,10 @@ class Controller:
         if stage not in self.stages:
             known = ", ".join(repr(s) for s in sorted(self.stages)) or "none"
             raise DeploymentError(f"scale: no remote stage {stage!r} (stages: {known})")
+        if not self.managing:
+            raise DeploymentError(
+                f"scale: another client attached to deployment {self.name!r} manages its replicas; scale it there"
+            )
         srt = self.stages[stage]
         floor = self._floors.get(stage, srt.stage.replicas)
         if replicas < floor:
@@ -483,8 +594,11 @@ class Controller:
             out["last_error"] = f"{type(self.last_error).__name__}: {self.last_error}"
         return out
 
-    async def close(self) -> None:
-        """Stop watching and autoscaling, and stop every replica (unreachable workers are skipped)."""
+    async def close(self, stop_replicas: bool | None = None) -> None:
+        """Stop watching, autoscaling and renewing; stop every replica (unreachable workers are
+        skipped) and unregister the deployment, or (detached, or ``stop_replicas=False``) leave
+        the replicas running and hand over managing them."""
+        stop = not self.detached if stop_replicas is None else stop_replicas
         self._closed = True
         await self.supervisor.close()
         for task in list(self._applying):
@@ -497,8 +611,15 @@ class Controller:
         self._retiring.clear()
         for srt in self.stages.values():
             for r in [*srt.replicas, *srt.draining]:
-                by_worker.setdefault(r.worker, []).append(r.id)
+                if stop:
+                    by_worker.setdefault(r.worker, []).append(r.id)
                 srt.remove(r)
         calls: list[Any] = [asyncio.wait_for(self.pool(w).cf_stop(replicas=ids), 5) for w, ids in by_worker.items()]
-        calls.append(asyncio.wait_for(self.pool(self.scheduler).cf_replica_hosts(deployment=self.name), 5))
+        registry = self.pool(self.scheduler)
+        if self.lost is None:
+            if stop:
+                calls.append(asyncio.wait_for(registry.cf_close_deployment(name=self.name), DROP_TIMEOUT + 5))
+            else:
+                calls.append(asyncio.wait_for(registry.cf_release(name=self.name, holder=self.holder), 5))
+        self.managing = False
         await asyncio.gather(*calls, return_exceptions=True)

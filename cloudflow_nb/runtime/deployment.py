@@ -1,15 +1,26 @@
-"""``Deployment``: a flow served on a cluster, with blocking, future and asyncio entry points."""
+"""``Deployment``: a flow served on a cluster, with blocking, future and asyncio entry points.
+
+A deployment lives under a lease its client renews with the scheduler's registry
+(:mod:`~cloudflow_nb.runtime.registry`): when the client dies, its replicas are dropped. A
+detached one (``cluster.deploy(flow, name="x", detached=True)``) outlives its client; any
+process attaches to it with ``cf.connect(address).deployment("x")`` (its own router, the same
+replicas) until ``cluster.close_deployment("x")`` or :meth:`Deployment.shutdown` ends it.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import pickle
 import uuid
 from typing import TYPE_CHECKING, Any
+
+import cloudpickle
 
 from cloudflow_nb.errors import DeploymentError, FlowError, FlowTimeoutError
 from cloudflow_nb.runtime.autoscale import Autoscale
 from cloudflow_nb.runtime.controller import Controller, WorkerScaler
+from cloudflow_nb.runtime.registry import valid_name
 from cloudflow_nb.runtime.router import DEFAULT_QUEUE, Router, stage_runtimes
 from cloudflow_nb.table import Table
 
@@ -29,10 +40,16 @@ GRACE = 5.0
 class Deployment:
     """A flow deployed on a cluster: warm stage replicas on the workers and a router here.
 
-    Made by ``cluster.deploy(flow)``. Requests go from the router straight to the replicas
-    (never through the scheduler); concurrent requests never mix. Replicas scale with
-    :meth:`scale` (by hand) or :meth:`autoscale` (from the load, adding cluster workers when
-    the ones there are full).
+    Made by ``cluster.deploy(flow)``, or by ``cluster.deployment(name)`` for a detached one made
+    elsewhere. Requests go from the router straight to the replicas (never through the
+    scheduler); concurrent requests never mix. Replicas scale with :meth:`scale` (by hand) or
+    :meth:`autoscale` (from the load, adding cluster workers when the ones there are full).
+
+    The replicas live under a lease this client renews: if the client dies, the scheduler drops
+    them within about a lease period (dask config ``cloudflow.lease``, 10 s by default). A
+    deployment whose lease was lost refuses requests with ``DeploymentError``. A detached
+    deployment stays until closed by name; of the clients attached to it, one manages the
+    replicas (heals and scales them) and the others take over when it goes.
 
     Examples
     --------
@@ -55,25 +72,60 @@ class Deployment:
         max_inflight: int | None = None,
         stage_timeout: float | None = None,
         max_queue: int | None = None,
+        name: str | None = None,
+        detached: bool = False,
     ) -> None:
         self.flow = flow
         self.plan = plan
         self.timeout = timeout
         self._loop = loop
         self._closed = False
+        if name is None:
+            base = plan.name.replace("/", "-").strip() or "flow"
+            name = base if detached else f"{base}-{uuid.uuid4().hex[:8]}"
+        valid_name(name)
         stages = stage_runtimes(plan, max_inflight, DEFAULT_QUEUE if max_queue is None else max_queue)
+        spec = cloudpickle.dumps((flow, plan, timeout), protocol=5) if detached else b""
         self._controller = Controller(
-            f"{plan.name}-{uuid.uuid4().hex[:8]}", loop.pool, scheduler, stages, scaler, stage_timeout or timeout
+            name,
+            loop.pool,
+            scheduler,
+            stages,
+            scaler,
+            stage_timeout or timeout,
+            detached=detached,
+            spec=spec,
         )
         self._router = Router(plan, stages, loop.pool, store, self._controller)
 
+    @classmethod
+    def attach(
+        cls, info: dict[str, Any], loop: LoopThread, scheduler: str, store: Store, scaler: WorkerScaler | None = None
+    ) -> Deployment:
+        """Attach to the detached deployment the registry describes in ``info`` (``cf_deployment``)."""
+        flow, plan, timeout = pickle.loads(info["spec"])  # written by a client of this same cluster
+        dep = cls(flow, plan, loop, scheduler, store, timeout, scaler, name=info["name"], detached=True)
+        dep._loop.run(dep._controller.attach(), timeout=30)
+        return dep
+
     def start(self) -> Deployment:
-        """Place and warm every stage's replicas (``DeploymentError`` when one cannot be)."""
+        """Register the deployment and place and warm every stage's replicas (``DeploymentError``
+        when the name is taken or a replica cannot be placed)."""
         try:
             self._loop.run(self._controller.deploy(), timeout=DEFAULT_TIMEOUT * 4)
         except concurrent.futures.TimeoutError:
-            raise DeploymentError(f"deploy {self.plan.name!r}: replicas did not start in time") from None
+            raise DeploymentError(f"deploy {self.name!r}: replicas did not start in time") from None
         return self
+
+    @property
+    def name(self) -> str:
+        """The deployment's name in the cluster (``cluster.deployments()`` lists them)."""
+        return self._controller.name
+
+    @property
+    def detached(self) -> bool:
+        """Whether it outlives this client (closed only by name)."""
+        return self._controller.detached
 
     # -- requests -------------------------------------------------------------------------------
 
@@ -156,7 +208,9 @@ class Deployment:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise DeploymentError(f"deployment {self.plan.name!r} is closed")
+            raise DeploymentError(f"deployment {self.name!r} is closed")
+        if self._controller.lost is not None:
+            raise DeploymentError(self._controller.lost)
 
     # -- inspection and lifecycle ---------------------------------------------------------------
 
@@ -193,16 +247,38 @@ class Deployment:
             "autoscale": self._controller.autoscale_summary(),
             "health": self._controller.health.summary(),
             "background": self._controller.supervisor.summary(),
+            "lease": {
+                "name": self.name,
+                "detached": self.detached,
+                "seconds": self._controller.lease,
+                "managing": self._controller.managing,
+                "lost": self._controller.lost,
+            },
         }
 
     def close(self) -> None:
-        """Stop the replicas (idempotent); requests still running and later ones raise ``DeploymentError``."""
+        """Stop the replicas (idempotent); requests still running and later ones raise ``DeploymentError``.
+
+        On a detached deployment this only detaches this client: the replicas keep running for the
+        other clients and later ones (``cluster.deployment(name)``); :meth:`shutdown` or
+        ``cluster.close_deployment(name)`` stops them.
+        """
+        self._end(stop_replicas=None)
+
+    def shutdown(self) -> None:
+        """Stop the replicas for every client, detached or not, and close this handle.
+
+        Other clients attached to a detached deployment see ``DeploymentError`` from then on.
+        """
+        self._end(stop_replicas=True)
+
+    def _end(self, stop_replicas: bool | None) -> None:
         if self._closed:
             return
         self._closed = True
         if not self._loop.closed:
             self._loop.run(self._router.close(), timeout=10)
-            self._loop.run(self._controller.close(), timeout=30)
+            self._loop.run(self._controller.close(stop_replicas), timeout=30)
 
     @property
     def closed(self) -> bool:
@@ -217,7 +293,8 @@ class Deployment:
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{len(self.plan.stages)} stages"
-        return f"<cf.Deployment {self.plan.name!r}: {state}>"
+        kind = ", detached" if self.detached else ""
+        return f"<cf.Deployment {self.name!r}{kind}: {state}>"
 
 
 async def _call(fn: Any, *args: Any) -> None:

@@ -4,7 +4,9 @@
 workers that join later). It installs the store's handlers and these:
 
 - ``cf_start`` builds a :class:`Replica` of a stage (class-based operators and their models load
-  here, once, in the replica's own thread) and ``cf_stop`` drops it;
+  here, once, in the replica's own thread) and ``cf_stop`` drops it; ``cf_drop_deployment`` drops
+  every replica of a deployment (the scheduler's registry calls it when the deployment's lease ran
+  out or it was closed by name);
 - ``cf_call`` runs one request's inputs through a replica, returning the output inline or keeping
   it on this worker as a reference; ``cf_fetch``/``cf_release`` serve and free those outputs;
 - ``cf_cancel`` drops queued calls of requests that no longer need them (race losers);
@@ -261,6 +263,7 @@ class CloudflowWorker(WorkerPlugin):
             {
                 "cf_start": self.start,
                 "cf_stop": self.stop,
+                "cf_drop_deployment": self.drop_deployment,
                 "cf_call": self.call,
                 "cf_fetch": self.fetch,
                 "cf_release": self.release,
@@ -305,6 +308,12 @@ class CloudflowWorker(WorkerPlugin):
             rep = self.replicas.pop(rid, None)
             if rep is not None:
                 rep.close()
+
+    def drop_deployment(self, deployment: str) -> int:
+        """Drop every replica of ``deployment`` (ids start with its name and a ``/``); how many."""
+        ids = [rid for rid in self.replicas if rid.startswith(f"{deployment}/")]
+        self.stop(ids)
+        return len(ids)
 
     async def call(
         self, replica: str, request: str, inputs: list[Any], timeout: float, keep: bool, peek: list[str]

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from cloudflow_nb.runtime.replication import Copy, choose_holders, place, plan_repairs
 from cloudflow_nb.runtime.placement import WorkerInfo
+from cloudflow_nb.runtime.replication import Copy, choose_holders, place, plan_repairs
 
 CPU = [WorkerInfo("a"), WorkerInfo("b"), WorkerInfo("c")]
 GPU = WorkerInfo("g", gpu=True)

@@ -424,9 +424,11 @@ class FastConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
-    async def request(self, op: str, kwargs: dict[str, Any]) -> Any:
+    async def request(self, op: str, kwargs: dict[str, Any], on_late: Late | None = None) -> Any:
         """Call ``op(**kwargs)`` on the worker; ``ConnectionResetError`` when the connection drops,
-        :class:`FrameTooLarge` (nothing sent) when the request is over the cap."""
+        :class:`FrameTooLarge` (nothing sent) when the request is over the cap. When the caller
+        is cancelled, ``on_late`` gets the future of the reply that still comes (see
+        :meth:`FastPool.call`)."""
         if self.closed or self.transport is None or self._auth is not None:
             raise ConnectionResetError("fast connection closed")
         self._next += 1
@@ -434,13 +436,26 @@ class FastConnection(asyncio.Protocol):
         frame = encode_frame(rid, (op, kwargs))  # an unpicklable argument raises here, as on Dask comms
         if len(frame) - HEADER.size > self.max_frame:
             raise FrameTooLarge(f"a request of {len(frame)} bytes is over the fast path's cap of {self.max_frame}")
-        future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
         self._waiting[rid] = future
+        waiting = True
         try:
             self.transport.write(frame)
             return await future
+        except asyncio.CancelledError:
+            if on_late is not None:
+                if self.closed:
+                    on_late(None)
+                else:  # the worker still answers it: that reply ends the call
+                    late = loop.create_future()
+                    late.add_done_callback(on_late)
+                    self._waiting[rid] = late
+                    waiting = False
+            raise
         finally:
-            self._waiting.pop(rid, None)
+            if waiting:
+                self._waiting.pop(rid, None)
 
     def data_received(self, data: bytes) -> None:
         if self._auth is not None:
@@ -554,27 +569,36 @@ class FastPool:
         self._failed: dict[str, float] = {}
         self._closed = False
 
-    async def call(self, worker: str, op: str, bulky: bool = False, **kwargs: Any) -> Any:
+    async def call(self, worker: str, op: str, bulky: bool = False, on_late: Late | None = None, **kwargs: Any) -> Any:
         """``op(**kwargs)`` on ``worker``: over its fast connection when there is one, else over
         Dask comms. ``bulky`` calls (megabytes of arrays) take Dask comms, whose out-of-band
         buffers skip the copies a pickled frame makes, and so do requests or replies over the
         fast path's cap (such a reply's call runs again there). A connection lost mid-call raises
         ``ConnectionResetError`` (an ``OSError``, like a broken Dask comm); the next call
-        reconnects."""
+        reconnects.
+
+        ``on_late`` is for a caller that gives up early (its task is cancelled): it is called
+        once the call has really ended, with the future of the late reply (when the worker still
+        answers over the fast connection) or ``None`` (the call ended with the cancel)."""
         if bulky:
             self.bulky += 1
-            return await getattr(self.pool(worker), op)(**kwargs)
+            return await _dask_call(self.pool(worker), op, kwargs, on_late)
         conn = self._connections.get(worker)
         if conn is None or conn.closed:
-            conn = await self._connect(worker)
+            try:
+                conn = await self._connect(worker)
+            except asyncio.CancelledError:
+                if on_late is not None:
+                    on_late(None)
+                raise
         if conn is None:
             self.fallbacks += 1
-            return await getattr(self.pool(worker), op)(**kwargs)
+            return await _dask_call(self.pool(worker), op, kwargs, on_late)
         try:
-            reply = await conn.request(op, kwargs)
+            reply = await conn.request(op, kwargs, on_late)
         except FrameTooLarge:
             self.bulky += 1
-            return await getattr(self.pool(worker), op)(**kwargs)
+            return await _dask_call(self.pool(worker), op, kwargs, on_late)
         except ConnectionError:
             if self._connections.get(worker) is conn:
                 del self._connections[worker]
@@ -635,6 +659,19 @@ class FastPool:
             task.cancel()
         for worker in list(self._connections):
             self.drop(worker)
+
+
+Late = Callable[["asyncio.Future[Any] | None"], None]
+
+
+async def _dask_call(rpc: Any, op: str, kwargs: dict[str, Any], on_late: Late | None) -> Any:
+    """``op(**kwargs)`` over Dask comms; a cancel ends the call there and then."""
+    try:
+        return await getattr(rpc, op)(**kwargs)
+    except asyncio.CancelledError:
+        if on_late is not None:
+            on_late(None)
+        raise
 
 
 def fast_pool(pool: ConnectionPool) -> FastPool:

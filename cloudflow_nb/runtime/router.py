@@ -435,11 +435,20 @@ class Router:
         if remaining <= 0:  # never start a call nobody will wait for
             raise asyncio.TimeoutError
         bulky = srt.bulky or any(i.table is not None and table_nbytes(i.table) > BULKY for i in inputs)
-        call = asyncio.ensure_future(
-            self.fast.call(
+        srt.inflight[replica] = srt.inflight.get(replica, 0) + 1
+        given_up = False
+
+        def late(reply: asyncio.Future[Any] | None) -> None:  # the call ended after its request gave up
+            srt.ended(replica)
+            if reply is not None:
+                self._release_late(reply)
+
+        try:
+            reply = await self.fast.call(
                 replica.worker,
                 "cf_call",
                 bulky=bulky,
+                on_late=late,
                 replica=replica.id,
                 request=rid,
                 inputs=[i.wire() for i in inputs],
@@ -447,13 +456,8 @@ class Router:
                 keep=srt.keep,
                 peek=srt.peek,
             )
-        )
-        srt.inflight[replica] = srt.inflight.get(replica, 0) + 1
-        call.add_done_callback(lambda _: srt.ended(replica))
-        try:
-            reply = await asyncio.shield(call)  # given up on (deadline, lost race): the call runs on
-        except asyncio.CancelledError:
-            call.add_done_callback(self._release_late)
+        except asyncio.CancelledError:  # deadline, lost race: ``late`` ends the accounting
+            given_up = True
             raise
         except Exception as exc:
             if worker_gone(exc):
@@ -462,6 +466,9 @@ class Router:
             error = FlowError(f"stage {srt.stage.name!r}: call to {replica.worker} failed: {type(exc).__name__}: {exc}")
             error.__cause__ = exc
             return error, 0
+        finally:
+            if not given_up:
+                srt.ended(replica)
         status = reply["status"]
         if status in ("ok", "error"):
             srt.answered[replica] += 1

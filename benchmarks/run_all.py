@@ -15,7 +15,7 @@ from pathlib import Path
 from common import machine
 
 HERE = Path(__file__).parent
-BENCHMARKS = ["overhead.py", "fusion.py", "competition.py", "batching.py", "locality.py"]
+BENCHMARKS = ["overhead.py", "fusion.py", "competition.py", "batching.py", "locality.py", "overload.py", "faults.py"]
 
 
 def main() -> int:

@@ -109,7 +109,7 @@ class StageRuntime:
         self.replicas.append(replica)
         self.devices[replica] = device
         self.changed.set()
-        for _ in range(self.limit):
+        for _ in range(min(self.limit, len(self.waiting))):
             self.wake()
 
     def wake(self) -> None:

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
 import distributed
 import pytest
+from dask_procs import free_port, spawn_dask
 
 import cloudflow_nb as cf
 
@@ -33,29 +32,16 @@ def device_of(row):
     return cf.device()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _spawn(*args: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    return subprocess.Popen(
-        [sys.executable, "-m", "dask", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-
-
 @pytest.fixture
 def cli_cluster() -> Iterator[tuple[distributed.Client, list[subprocess.Popen[bytes]]]]:
     """A scheduler, two CPU workers and one ``--resources GPU=1`` worker, as separate processes."""
-    address = f"tcp://127.0.0.1:{_free_port()}"
-    procs = [_spawn("scheduler", "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1], "--no-dashboard")]
+    address = f"tcp://127.0.0.1:{free_port()}"
+    procs = [spawn_dask("scheduler", "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1], "--no-dashboard")]
     try:
         common = ("--nthreads", "1", "--no-nanny", "--no-dashboard", "--host", "127.0.0.1")
         for i in range(2):
-            procs.append(_spawn("worker", address, *common, "--name", f"cpu-{i}"))
-        procs.append(_spawn("worker", address, *common, "--name", "gpu-0", "--resources", "GPU=1"))
+            procs.append(spawn_dask("worker", address, *common, "--name", f"cpu-{i}"))
+        procs.append(spawn_dask("worker", address, *common, "--name", "gpu-0", "--resources", "GPU=1"))
         client = distributed.Client(address, timeout=60)
         try:
             client.wait_for_workers(3, timeout=60)

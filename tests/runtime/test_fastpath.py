@@ -6,11 +6,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import itertools
-import os
 import pickle
 import socket
-import subprocess
-import sys
 import time
 from typing import Any
 
@@ -18,6 +15,7 @@ import dask
 import distributed
 import numpy as np
 import pytest
+from dask_procs import free_port, spawn_dask
 from distributed.protocol.serialize import to_serialize
 from distributed.security import Security
 
@@ -336,12 +334,6 @@ def _close_fast_server(dask_worker: Any) -> None:
     dask_worker.plugins["cloudflow"].fast.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _fast_server_port(dask_worker: Any) -> int | None:
     return dask_worker.plugins["cloudflow"].fast.port
 
@@ -349,15 +341,14 @@ def _fast_server_port(dask_worker: Any) -> int | None:
 @pytest.mark.cluster
 @pytest.mark.slow
 def test_a_dask_worker_listens_on_the_port_its_environment_names() -> None:
-    scheduler, fast_port = _free_port(), _free_port()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "DASK_CLOUDFLOW__FASTPATH__PORT": f"{fast_port}"}
+    scheduler, fast_port = free_port(), free_port()
+    env = {"DASK_CLOUDFLOW__FASTPATH__PORT": f"{fast_port}"}
     address = f"tcp://127.0.0.1:{scheduler}"
     commands = [
         ["scheduler", "--host", "127.0.0.1", "--port", str(scheduler), "--no-dashboard"],
         ["worker", address, "--nthreads", "1", "--no-nanny", "--no-dashboard", "--host", "127.0.0.1"],
     ]
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    procs = [subprocess.Popen([sys.executable, "-m", "dask", *args], env=env, **quiet) for args in commands]
+    procs = [spawn_dask(*args, env=env) for args in commands]
     try:
         with distributed.Client(address, timeout=60) as client:
             client.wait_for_workers(1, timeout=60)

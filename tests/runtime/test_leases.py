@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -16,6 +15,7 @@ from pathlib import Path
 import dask
 import distributed
 import pytest
+from dask_procs import free_port, spawn_dask
 
 import cloudflow_nb as cf
 
@@ -51,12 +51,6 @@ CLIENT = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "DASK_CLOUDFLOW__LEASE": str(LEASE)}
 
@@ -64,17 +58,12 @@ def _env() -> dict[str, str]:
 @pytest.fixture
 def address() -> Iterator[str]:
     """A scheduler and two workers as separate processes; the scheduler's address."""
-    port = _free_port()
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "env": _env()}
-    dask_cli = [sys.executable, "-m", "dask"]
-    procs = [
-        subprocess.Popen(
-            [*dask_cli, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"], **quiet
-        )
-    ]
+    port = free_port()
+    lease = {"DASK_CLOUDFLOW__LEASE": str(LEASE)}
+    procs = [spawn_dask("scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard", env=lease)]
     target = f"tcp://127.0.0.1:{port}"
     common = ("--nthreads", "1", "--no-nanny", "--no-dashboard", "--host", "127.0.0.1")
-    procs += [subprocess.Popen([*dask_cli, "worker", target, *common], **quiet) for _ in range(2)]
+    procs += [spawn_dask("worker", target, *common, env=lease) for _ in range(2)]
     try:
         with distributed.Client(target, timeout=60) as client:
             client.wait_for_workers(2, timeout=60)

@@ -8,15 +8,13 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 
 import distributed
 import pytest
+from dask_procs import free_port, spawn_dask
 
 import cloudflow_nb as cf
 
@@ -32,28 +30,15 @@ def scaled(row):
     return row["v"] * 2
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _spawn(*args: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    return subprocess.Popen(
-        [sys.executable, "-m", "dask", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-
-
 @contextlib.contextmanager
 def _cli_cluster(workers: int) -> Iterator[tuple[distributed.Client, Callable[[], None]]]:
     """A scheduler and ``workers`` CPU workers, as separate processes; the second item starts one more."""
-    port = str(_free_port())
-    procs = [_spawn("scheduler", "--host", "127.0.0.1", "--port", port, "--no-dashboard")]
+    port = str(free_port())
+    procs = [spawn_dask("scheduler", "--host", "127.0.0.1", "--port", port, "--no-dashboard")]
 
     def add_worker() -> None:
         common = ("--nthreads", "1", "--no-nanny", "--no-dashboard", "--host", "127.0.0.1")
-        procs.append(_spawn("worker", f"tcp://127.0.0.1:{port}", *common, "--name", f"cpu-{len(procs) - 1}"))
+        procs.append(spawn_dask("worker", f"tcp://127.0.0.1:{port}", *common, "--name", f"cpu-{len(procs) - 1}"))
 
     try:
         for _ in range(workers):

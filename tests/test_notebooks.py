@@ -40,6 +40,8 @@ def test_notebook_runs_end_to_end(path, tmp_path, monkeypatch):
 
     # a private IPython profile: no user start-up files or auto-loaded extensions, no history writes
     monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
+    # notebooks read this to run their small mode (fewer requests, smaller data) under the tests
+    monkeypatch.setenv("CLOUDFLOW_NB_SMALL", "1")
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK_DIR)}})
     client.execute()  # raises CellExecutionError on the first failing cell

@@ -66,12 +66,10 @@ class Comparison:
 
     def graph(self, rankdir: str = "TB") -> graphviz.Digraph:
         """One ``graphviz.Digraph``: the plan before (left) and after (right), and a legend."""
-        import graphviz
+        from cloudflow_nb.viz import FONT, add_legend, add_plan, digraph
 
-        from cloudflow_nb.viz import FONT, add_legend, add_plan
-
-        g = graphviz.Digraph(
-            name=f"compare_{self.before.name}", graph_attr={"rankdir": rankdir, **FONT}, node_attr=FONT
+        g = digraph(
+            self.text, name=f"compare_{self.before.name}", graph_attr={"rankdir": rankdir, **FONT}, node_attr=FONT
         )
         kinds: set[str] = set()
         for key, title, plan in (

@@ -1,15 +1,18 @@
 """Graphviz renderings of plans, and the notebook display that never raises.
 
-Node ids are assigned in dependency order, so the DOT source is byte-identical across runs.
+Node ids are assigned in dependency order, so the DOT source is byte-identical across runs. The
+graphs returned are ``graphviz.Digraph`` objects whose own notebook display falls back to the
+plan's text when the ``dot`` program is missing or broken (see :func:`digraph`).
 """
 
 from __future__ import annotations
 
+import functools
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from cloudflow_nb.explain import node_ids, schema_delta, stage_traits
+from cloudflow_nb.explain import explain_logical, node_ids, schema_delta, stage_traits
 from cloudflow_nb.plan import AnyOf, Join, Lookup, Map, Node, Source, Union
 from cloudflow_nb.traversal import walk
 
@@ -22,6 +25,7 @@ __all__ = [
     "DOT_MISSING_HINT",
     "add_legend",
     "add_plan",
+    "digraph",
     "label",
     "logical_graph",
     "mimebundle",
@@ -80,12 +84,14 @@ def wrap_columns(text: str, width: int = 36) -> list[str]:
 
 def logical_graph(root: Node, rankdir: str = "TB") -> graphviz.Digraph:
     """The logical plan as a ``graphviz.Digraph`` (one node per operator)."""
-    import graphviz
-
     ids = node_ids(root)
     source = next(n for n in walk(root) if isinstance(n, Source))
-    g = graphviz.Digraph(
-        name=f"flow_{source.name}", graph_attr={"rankdir": rankdir, **FONT}, node_attr=FONT, edge_attr=FONT
+    g = digraph(
+        lambda: explain_logical(root),
+        name=f"flow_{source.name}",
+        graph_attr={"rankdir": rankdir, **FONT},
+        node_attr=FONT,
+        edge_attr=FONT,
     )
     for node in walk(root):
         g.node(ids[id(node)], label(*_node_lines(node)), **NODE_STYLE.get(node.kind, {}))
@@ -123,18 +129,30 @@ def stage_kinds(stage: Stage) -> list[str]:
     return kinds
 
 
-def plan_graph(plan: Plan, rankdir: str = "TB") -> graphviz.Digraph:
-    """The physical plan: one node per stage, styled by kind, with a legend."""
-    import graphviz
+def plan_graph(
+    plan: Plan,
+    rankdir: str = "TB",
+    notes: Mapping[str, Sequence[str]] | None = None,
+    text: Callable[[], str] | None = None,
+) -> graphviz.Digraph:
+    """The physical plan: one node per stage, styled by kind, with a legend.
 
-    g = graphviz.Digraph(name=f"plan_{plan.name}", graph_attr={"rankdir": rankdir, **FONT}, node_attr=FONT)
-    kinds = add_plan(g, plan, "")
+    ``notes`` adds lines under a stage's label (stage name -> lines; the live view's figures);
+    ``text`` is what the graph displays without ``dot`` (default: ``plan.explain()``).
+    """
+    g = digraph(text or plan.explain, name=f"plan_{plan.name}", graph_attr={"rankdir": rankdir, **FONT}, node_attr=FONT)
+    kinds = add_plan(g, plan, "", notes)
     add_legend(g, kinds)
     return g
 
 
-def add_plan(g: graphviz.Digraph, plan: Plan, prefix: str) -> set[str]:
-    """Draw ``plan``'s source and stages into ``g`` with ids ``<prefix>s0...``; the style keys used."""
+def add_plan(
+    g: graphviz.Digraph, plan: Plan, prefix: str, notes: Mapping[str, Sequence[str]] | None = None
+) -> set[str]:
+    """Draw ``plan``'s source and stages into ``g`` with ids ``<prefix>s0...``; the style keys used.
+
+    ``notes`` maps a stage name to extra label lines drawn under its traits.
+    """
     used: set[str] = set()
     source = f"{prefix}source"
     g.node(source, label("source", plan.name, plan.source.schema.describe()), **NODE_STYLE["source"])
@@ -147,7 +165,8 @@ def add_plan(g: graphviz.Digraph, plan: Plan, prefix: str) -> set[str]:
         for kind in kinds:
             style.update(STAGE_STYLE[kind])
         traits = "[" + ", ".join(stage_traits(stage)) + "]"
-        g.node(index[stage.name], label(stage.name, *ops, traits), **style)
+        extra = (notes or {}).get(stage.name, ())
+        g.node(index[stage.name], label(stage.name, *ops, traits, *extra), **style)
     for stage in plan.stages:
         for inp in stage.inputs:
             g.edge(index.get(inp, source), index[stage.name])
@@ -172,10 +191,39 @@ def dot_available() -> bool:
     return shutil.which("dot") is not None
 
 
-def mimebundle(graph: Callable[[], Any], text: Callable[[], str], short: str) -> dict[str, str]:
-    """SVG of ``graph()`` when ``dot`` works, else the text plan and how to get graphs; never raises."""
+def digraph(text: Callable[[], str], **attrs: Any) -> graphviz.Digraph:
+    """A ``graphviz.Digraph`` (built with ``attrs``) whose notebook display shows ``text()`` and how
+    to get graphs when ``dot`` is missing or fails, instead of raising."""
+    graph = _fallback_digraph()(**attrs)
+    graph.fallback_text = text
+    return graph
+
+
+@functools.cache
+def _fallback_digraph() -> type:
+    import graphviz
+
+    class Digraph(graphviz.Digraph):  # the same name users see from graphviz
+        """A ``graphviz.Digraph`` whose ``_repr_mimebundle_`` falls back to text instead of raising."""
+
+        fallback_text: Callable[[], str] = staticmethod(lambda: "")
+
+        def _repr_mimebundle_(self, include: Any = None, exclude: Any = None, **kwargs: Any) -> dict[str, Any]:
+            if dot_available():
+                try:
+                    return dict(super()._repr_mimebundle_(include, exclude, **kwargs))
+                except Exception:  # a broken dot install: fall back to text below
+                    pass
+            return mimebundle(lambda: None, self.fallback_text, f"<graph {self.name!r}>", draw=False)
+
+    return Digraph
+
+
+def mimebundle(graph: Callable[[], Any], text: Callable[[], str], short: str, draw: bool = True) -> dict[str, str]:
+    """SVG of ``graph()`` when ``dot`` works (and ``draw``), else the text plan and how to get graphs;
+    never raises."""
     try:
-        if dot_available():
+        if draw and dot_available():
             try:
                 svg = graph().pipe(format="svg", encoding="utf-8")
                 return {"image/svg+xml": svg, "text/plain": short}

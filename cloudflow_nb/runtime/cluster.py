@@ -19,6 +19,7 @@ import asyncio
 import functools
 import glob
 import html
+import inspect
 import itertools
 import logging
 import os
@@ -32,6 +33,7 @@ from cloudflow_nb.errors import DeploymentError
 from cloudflow_nb.runtime.controller import WorkerScaler, list_workers
 from cloudflow_nb.runtime.deployment import DEFAULT_TIMEOUT, Deployment
 from cloudflow_nb.runtime.loop import LoopThread
+from cloudflow_nb.runtime.mainguard import check_main_guard
 from cloudflow_nb.runtime.placement import WorkerInfo
 from cloudflow_nb.runtime.registry import Registry, valid_name
 from cloudflow_nb.runtime.replica import CloudflowWorker
@@ -45,6 +47,8 @@ __all__ = ["Cluster", "LocalCluster", "connect"]
 
 # A task asking for a resource no worker has fails after this instead of waiting forever.
 NO_WORKERS_TIMEOUT = "30s"
+# Seconds cf.connect waits for a scheduler to answer (Dask's own default is 30).
+CONNECT_TIMEOUT = 5.0
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
@@ -68,8 +72,11 @@ class Cluster:
         client.register_plugin(StoreDirectory())
         client.register_plugin(Registry())
         client.register_plugin(CloudflowWorker())
-        self._loop = LoopThread(client.connection_args)
         self.scheduler_address: str = client.scheduler.address
+        self._loop = LoopThread(
+            client.connection_args,
+            closed_message=f"cluster {self.scheduler_address!r} is closed (start a new one, or cf.connect(address))",
+        )
         self.store = Store(self._loop, self.scheduler_address)
 
     @property
@@ -278,6 +285,8 @@ class LocalCluster(Cluster):
             raise DeploymentError(
                 f"LocalCluster: needs at least one worker (workers={workers!r}, gpu_workers={gpu_workers!r})"
             )
+        if processes:
+            check_main_guard(inspect.currentframe(), dask.config.get("distributed.worker.multiprocessing-method"))
         tls = _tls_security(security)
         self._spec = functools.partial(
             _worker_spec,
@@ -440,12 +449,13 @@ class SpecScaler(ScaleScaler):
         return f"{name} at {address}"
 
 
-def connect(target: str | Client, security: Security | None = None) -> Cluster:
+def connect(target: str | Client, security: Security | None = None, timeout: float = CONNECT_TIMEOUT) -> Cluster:
     """The cloudflow interface over an existing Dask cluster.
 
     ``target`` is a scheduler address (a client is created with ``security``, the cluster's Dask
     ``Security`` for a ``tls://`` address, and closed by ``close()``) or a synchronous
-    ``distributed.Client`` (never closed here; it brings its own security).
+    ``distributed.Client`` (never closed here; it brings its own security). A scheduler that does
+    not answer within ``timeout`` seconds raises ``DeploymentError`` naming the address.
 
     Examples
     --------
@@ -456,7 +466,18 @@ def connect(target: str | Client, security: Security | None = None) -> Cluster:
             raise DeploymentError("connect: security= applies to a scheduler address; a Client brings its own")
         return Cluster(target, own_client=False)
     if isinstance(target, str):
-        client = Client(target, security=security)
+        try:
+            client = Client(target, security=security, timeout=timeout)
+        except ValueError as exc:
+            raise DeploymentError(
+                f"connect: {target!r} is not a scheduler address ({exc}); expected e.g. 'tcp://host:8786'"
+            ) from None
+        except OSError as exc:  # refused, unreachable or timed out (distributed raises OSError for all)
+            raise DeploymentError(
+                f"connect: no Dask scheduler answered at {target!r} within {timeout:g} s "
+                f"({type(exc).__name__}: {exc}); check that `dask scheduler` runs there, that the host "
+                "and port are right and reachable from here, and that a tls:// address gets security="
+            ) from None
         try:
             return Cluster(client, own_client=True)
         except BaseException:

@@ -207,6 +207,8 @@ class Deployment:
             raise DeploymentError(f"scale {stage!r}: replicas did not start in time") from None
 
     def _check_open(self) -> None:
+        if self._loop.closed:
+            raise DeploymentError(f"deployment {self.name!r} is closed: {self._loop.closed_message}")
         if self._closed:
             raise DeploymentError(f"deployment {self.name!r} is closed")
         if self._controller.lost is not None:

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from distributed.core import ConnectionPool
 
+from cloudflow_nb.errors import DeploymentError
 from cloudflow_nb.runtime.fastpath import close_fast_pool
 
 __all__ = ["LoopThread"]
@@ -32,9 +33,17 @@ class LoopThread:
         The client's ``connection_args`` (TLS settings and the like).
     name : str
         The thread's name.
+    closed_message : str
+        The ``DeploymentError`` raised by work handed to it after :meth:`close`.
     """
 
-    def __init__(self, connection_args: dict[str, Any] | None = None, name: str = "cloudflow-router") -> None:
+    def __init__(
+        self,
+        connection_args: dict[str, Any] | None = None,
+        name: str = "cloudflow-router",
+        closed_message: str = "the cluster is closed",
+    ) -> None:
+        self.closed_message = closed_message
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
         self._thread.start()
@@ -47,7 +56,11 @@ class LoopThread:
         return pool
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-        """Schedule ``coro`` on the loop; a thread-safe future of its result."""
+        """Schedule ``coro`` on the loop; a thread-safe future of its result (``DeploymentError``
+        once the loop is closed)."""
+        if self.closed or self.loop.is_closed():
+            coro.close()
+            raise DeploymentError(self.closed_message)
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:

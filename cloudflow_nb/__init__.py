@@ -63,6 +63,7 @@ __all__ = [
     "explore",
     "optimize_until",
     "serve",
+    "watch",
 ]
 
 # The runtime and the notebook edge pull in distributed, ipywidgets and bokeh: load them on first use.
@@ -78,6 +79,7 @@ _LAZY = {
     "Endpoint": "cloudflow_nb.endpoint",
     "serve": "cloudflow_nb.endpoint",
     "explore": "cloudflow_nb.widgets",
+    "watch": "cloudflow_nb.liveview",
 }
 
 

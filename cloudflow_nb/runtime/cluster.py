@@ -91,6 +91,22 @@ class Cluster:
         """The running workers: address and whether they are GPU-tagged."""
         return self._loop.run(list_workers(self._loop.pool, self.scheduler_address), timeout=10)
 
+    def worker_report(self) -> list[dict[str, Any]]:
+        """One entry per running worker: ``address``, ``name``, ``gpu`` (GPU-tagged), ``threads``,
+        ``memory`` and ``memory_limit`` (bytes; ``None`` when unknown) and ``replicas`` (the
+        ``"deployment/stage"`` of every replica it hosts, from any client).
+
+        The replicas of this client's own deployments are live; those of other clients' are as
+        their managers last reported them (every few seconds).
+        """
+        identity = self._loop.run(self._loop.pool(self.scheduler_address).identity(), timeout=10)
+        placed: dict[str, list[list[str]]] = self._loop.run(self._registry().cf_replicas(), timeout=10)
+        for dep in self._deployments:
+            if not dep.closed:
+                stages = dep.stats()["stages"].items()
+                placed[dep.name] = [["", stage, r["worker"]] for stage, st in stages for r in st["replicas"]]
+        return worker_rows(identity["workers"], placed)
+
     def deploy(
         self,
         flow: Flow,
@@ -222,22 +238,20 @@ class Cluster:
     def __repr__(self) -> str:
         return f"<cf.{type(self).__name__} {self.scheduler_address}>"
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` ran."""
+        return self._loop.closed
+
     def _repr_html_(self) -> str:
-        try:
-            workers = self.workers()
-            gpu = sum(w.gpu for w in workers)
-            rows = f"{len(workers)} workers ({gpu} GPU-tagged)"
-        except Exception:
-            rows = "workers unavailable"
-        link = self.dashboard_link
-        dash = f'<a href="{html.escape(link)}" target="_blank">dashboard</a>' if link else "no dashboard"
-        return (
-            f"<div><b>cf.{type(self).__name__}</b> at <code>{html.escape(self.scheduler_address)}</code>: "
-            f"{rows}; {dash}</div>"
-        )
+        return self._repr_mimebundle_().get("text/html", html.escape(repr(self)))
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
-        return {"text/html": self._repr_html_(), "text/plain": repr(self)}
+        """Its workers with their tags, memory and the replicas they host (``cf.watch(cluster)``
+        keeps the table live); never raises."""
+        from cloudflow_nb.figures import cluster_bundle
+
+        return cluster_bundle(self)
 
 
 class LocalCluster(Cluster):
@@ -334,6 +348,32 @@ class LocalCluster(Cluster):
             super().close()
         finally:
             self.cluster.close()
+
+
+def worker_rows(workers: dict[str, dict[str, Any]], placed: dict[str, list[list[str]]]) -> list[dict[str, Any]]:
+    """:meth:`Cluster.worker_report`'s rows from the scheduler's ``identity()["workers"]`` and the
+    replicas per deployment (``[id, stage, worker, device]`` lists), sorted by address."""
+    hosted: dict[str, list[str]] = {}
+    for name, replicas in sorted(placed.items()):
+        for _, stage, worker, *_ in replicas:
+            hosted.setdefault(worker, []).append(f"{name}/{stage}")
+    rows = []
+    for address, info in sorted(workers.items()):
+        if info.get("status", "running") != "running":
+            continue
+        memory = (info.get("metrics") or {}).get("memory")
+        rows.append(
+            {
+                "address": address,
+                "name": str(info.get("name", address)),
+                "gpu": bool((info.get("resources") or {}).get("GPU")),
+                "threads": int(info.get("nthreads") or 1),
+                "memory": int(memory) if memory is not None else None,
+                "memory_limit": int(info["memory_limit"]) if info.get("memory_limit") else None,
+                "replicas": sorted(hosted.get(address, [])),
+            }
+        )
+    return rows
 
 
 def _tls_security(security: Security | bool | None) -> Security | None:

@@ -19,7 +19,7 @@ import cloudpickle
 
 from cloudflow_nb.errors import DeploymentError, FlowError, FlowTimeoutError
 from cloudflow_nb.runtime.autoscale import Autoscale
-from cloudflow_nb.runtime.controller import Controller, WorkerScaler
+from cloudflow_nb.runtime.controller import Controller, WorkerScaler, list_workers
 from cloudflow_nb.runtime.registry import valid_name
 from cloudflow_nb.runtime.router import DEFAULT_QUEUE, Router, stage_runtimes
 from cloudflow_nb.table import Table
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from cloudflow_nb.flow import Flow
     from cloudflow_nb.physical import Plan
     from cloudflow_nb.runtime.loop import LoopThread
+    from cloudflow_nb.runtime.placement import WorkerInfo
     from cloudflow_nb.runtime.store import Store
 
 __all__ = ["Deployment"]
@@ -258,6 +259,11 @@ class Deployment:
             },
         }
 
+    def workers(self) -> list[WorkerInfo]:
+        """The cluster's running workers: address and whether they are GPU-tagged."""
+        self._check_open()
+        return self._loop.run(list_workers(self._loop.pool, self._controller.scheduler), timeout=10)
+
     def close(self) -> None:
         """Stop the replicas (idempotent); requests still running and later ones raise ``DeploymentError``.
 
@@ -292,6 +298,13 @@ class Deployment:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
+        """A snapshot: the plan's graph with each stage's figures now (text without ``dot``), and
+        a pointer to ``cf.watch(dep)``, the live view. Never raises."""
+        from cloudflow_nb.figures import deployment_bundle
+
+        return deployment_bundle(self)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{len(self.plan.stages)} stages"

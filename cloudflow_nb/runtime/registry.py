@@ -181,13 +181,18 @@ class Deployments:
         """The registered deployments' names, sorted."""
         return sorted(self.entries)
 
+    def placements(self) -> dict[str, list[list[str]]]:
+        """Every deployment's replicas as last reported (``[id, stage, worker, device]`` lists)."""
+        return {name: [list(r) for r in self.entries[name].replicas] for name in self.names()}
+
 
 class Registry(SchedulerPlugin):
     """Scheduler plugin serving :class:`Deployments` as comm handlers, and dropping expired ones.
 
     Handlers (all answer plain data, never pickles): ``cf_register``, ``cf_lease`` (renew, take
     over, report replicas; the role, the replica list and every worker's replica count),
-    ``cf_release``, ``cf_deployments``, ``cf_deployment`` and ``cf_close_deployment``. A
+    ``cf_release``, ``cf_deployments``, ``cf_deployment``, ``cf_replicas`` (every deployment's
+    replicas, for the cluster's notebook view) and ``cf_close_deployment``. A
     deployment forgotten here is dropped on every worker through their ``cf_drop_deployment``.
     """
 
@@ -208,6 +213,7 @@ class Registry(SchedulerPlugin):
                 "cf_release": self.release,
                 "cf_deployments": self.names,
                 "cf_deployment": self.describe,
+                "cf_replicas": self.replicas,
                 "cf_close_deployment": self.close_deployment,
             }
         )
@@ -245,6 +251,10 @@ class Registry(SchedulerPlugin):
     def names(self) -> list[str]:
         """The registered deployments."""
         return self.deployments.names()
+
+    def replicas(self) -> dict[str, list[list[str]]]:
+        """Every deployment's replicas (deployment name -> ``[id, stage, worker, device]`` lists)."""
+        return self.deployments.placements()
 
     def describe(self, name: str) -> dict[str, Any] | None:
         """``name``'s spec and replicas, or ``None``."""

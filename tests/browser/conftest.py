@@ -269,3 +269,25 @@ def notebook_page(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
             session.close()
         return
     raise AssertionError(f"JupyterLab/Chromium failed to start twice; last error:\n{last}")
+
+
+ERROR_OUTPUT = '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]'
+
+
+def run_all(page: Any, timeout_ms: float) -> None:
+    """Run All Cells through the menu; wait until every code cell has its execution count and the
+    kernel is idle, or stop early at the first traceback."""
+    page.get_by_role("menuitem", name="Run", exact=True).click()
+    page.get_by_text("Run All Cells", exact=True).click()
+    page.wait_for_function(
+        """(errorSelector) => {
+            const errors = [...document.querySelectorAll(errorSelector)];
+            if (errors.some(e => e.textContent.includes('Traceback'))) return true;
+            const prompts = [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')];
+            const idle = document.querySelector('.jp-Notebook-ExecutionIndicator[data-status="idle"]');
+            return prompts.length > 0 && idle && prompts.every(p => /\\[\\d+\\]/.test(p.textContent));
+        }""",
+        arg=ERROR_OUTPUT,
+        timeout=timeout_ms,
+        polling=250,
+    )

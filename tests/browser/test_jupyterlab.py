@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from tests.browser.conftest import ERROR_OUTPUT, run_all
+
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "serving.ipynb"
 RUN_ALL_TIMEOUT_MS = 180_000
 UI_TIMEOUT_MS = 20_000
@@ -29,8 +31,6 @@ pytestmark = [
 
 # Console errors a person never sees and that do not come from our outputs, matched by substring.
 HARMLESS_CONSOLE_ERRORS: tuple[str, ...] = ()
-
-_ERROR_OUTPUT = '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]'
 
 
 def _cell(page: Any, source: str, exact: bool = False) -> Any:
@@ -58,28 +58,13 @@ def _stage_count(explain: str) -> tuple[int, int]:
 @pytest.fixture(scope="module")
 def ran(notebook_page: Any) -> Any:
     """Run All Cells through the menu and wait until the last cell has its execution count."""
-    page = notebook_page.page
-    page.get_by_role("menuitem", name="Run", exact=True).click()
-    page.get_by_text("Run All Cells", exact=True).click()
-    # done: every code cell shows [n]: and the kernel is idle; or stop early at the first traceback
-    page.wait_for_function(
-        """(errorSelector) => {
-            const errors = [...document.querySelectorAll(errorSelector)];
-            if (errors.some(e => e.textContent.includes('Traceback'))) return true;
-            const prompts = [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')];
-            const idle = document.querySelector('.jp-Notebook-ExecutionIndicator[data-status="idle"]');
-            return prompts.length > 0 && idle && prompts.every(p => /\\[\\d+\\]/.test(p.textContent));
-        }""",
-        arg=_ERROR_OUTPUT,
-        timeout=RUN_ALL_TIMEOUT_MS,
-        polling=250,
-    )
+    run_all(notebook_page.page, RUN_ALL_TIMEOUT_MS)
     return notebook_page
 
 
 def test_no_error_outputs(ran):
     page = ran.page
-    tracebacks = [t for t in page.locator(_ERROR_OUTPUT).all_inner_texts() if "Traceback" in t]
+    tracebacks = [t for t in page.locator(ERROR_OUTPUT).all_inner_texts() if "Traceback" in t]
     assert not tracebacks, "error output in the notebook:\n" + "\n\n".join(tracebacks)
     prompts = page.locator(".jp-Notebook .jp-CodeCell .jp-InputPrompt").all_inner_texts()
     assert all(re.search(r"\[\d+\]", p) for p in prompts), f"cells left unexecuted: {prompts}"

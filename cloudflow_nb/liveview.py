@@ -83,6 +83,7 @@ class _View:
         self.refreshes = 0  # samples taken
         self.error = ""  # the last refresh's failure, shown in the view
         self._stop = threading.Event()
+        self._lock = threading.Lock()  # one refresh at a time: the thread's or a caller's
         self._thread: threading.Thread | None = None
         self.widget: Any = None
 
@@ -134,6 +135,10 @@ class _View:
 
     def refresh(self) -> None:
         """Sample the target once and update the view."""
+        with self._lock:
+            self._refresh()
+
+    def _refresh(self) -> None:
         raise NotImplementedError
 
     def _stopped(self, why: str) -> None:
@@ -189,7 +194,7 @@ class DeploymentView(_View):
     def _target_closed(self) -> bool:
         return bool(self.deployment.closed)
 
-    def refresh(self) -> None:
+    def _refresh(self) -> None:
         stats = self.dashboard.refresh() if self.dashboard is not None else self.deployment.stats()
         self.refreshes += 1
         self.stats = stats
@@ -252,7 +257,7 @@ class ClusterView(_View):
     def _target_closed(self) -> bool:
         return bool(self.cluster.closed)
 
-    def refresh(self) -> None:
+    def _refresh(self) -> None:
         rows = self.cluster.worker_report()
         self.refreshes += 1
         if rows != self.rows or not self.table.value:

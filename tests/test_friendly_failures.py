@@ -60,6 +60,23 @@ def test_forked_workers_need_no_guard():
     check_main_guard(sys._getframe(), "fork")  # nothing re-imports the script
 
 
+def _exec_at_top_level(namespace: dict) -> None:
+    """Run ``check_main_guard`` as module-level code in ``namespace`` (a script's top level)."""
+    code = compile("check(sys._getframe(), 'spawn')", namespace.get("__file__", "<script>"), "exec")
+    exec(code, {"check": check_main_guard, "sys": sys, **namespace})
+
+
+def test_a_worker_process_reimporting_the_script_gets_the_error():
+    with pytest.raises(cf.DeploymentError, match="started while a worker process imports your script"):
+        _exec_at_top_level({"__name__": "__mp_main__"})
+
+
+def test_code_run_outside_the_main_module_is_not_checked(tmp_path):
+    script = tmp_path / "ran.py"
+    script.write_text(UNGUARDED)  # as IPython's %run does: __name__ is "__main__" in its own namespace
+    _exec_at_top_level({"__name__": "__main__", "__file__": str(script)})
+
+
 def _run_script(tmp_path, source: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     script = tmp_path / "serve_it.py"
     script.write_text(source)

@@ -58,10 +58,14 @@ class LoopThread:
     def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         """Schedule ``coro`` on the loop; a thread-safe future of its result (``DeploymentError``
         once the loop is closed)."""
-        if self.closed or self.loop.is_closed():
-            coro.close()
-            raise DeploymentError(self.closed_message)
-        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+        if not self.closed:
+            try:
+                return asyncio.run_coroutine_threadsafe(coro, self.loop)
+            except RuntimeError:  # the loop closed just now
+                if not self.loop.is_closed():
+                    raise
+        coro.close()  # never scheduled: no "never awaited" warning
+        raise DeploymentError(self.closed_message)
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
         """Run ``coro`` on the loop and wait at most ``timeout`` seconds for its result."""

@@ -10,6 +10,7 @@ starts and raises one ``DeploymentError`` naming the fix; :func:`guarded` is its
 from __future__ import annotations
 
 import ast
+import sys
 from types import FrameType
 
 from cloudflow_nb.errors import DeploymentError
@@ -69,6 +70,8 @@ def check_main_guard(frame: FrameType | None, method: str) -> None:
             if name == "__mp_main__":  # a spawned process is re-importing the script
                 raise DeploymentError(f"LocalCluster: started while a worker process imports your script; {FIX}")
             if name == "__main__":
+                if frame.f_globals is not getattr(sys.modules.get("__main__"), "__dict__", None):
+                    return  # not the module spawned workers re-run (IPython's %run, exec)
                 path = frame.f_globals.get("__file__")
                 source = _read(path) if isinstance(path, str) else None
                 if source is not None and not guarded(source, frame.f_lineno):

@@ -12,8 +12,10 @@ A pipeline module provides ``flow(**options) -> cf.Flow`` and ``requests(n, seed
 One that needs its key-value store also defines ``store_data(small=..., **options) -> dict``:
 the benchmark then passes ``small`` (``--quick``: small, else full size) with the options to all
 three, loads the contents into ``cluster.store`` (and passes them to local runs), and clears
-the store after. A module that cannot be imported or set up (a missing package, a system package
-such as Apertium) is skipped with a note.
+the store after. A module's ``SUBSTITUTIONS`` string, when it has one, is printed with its table:
+what stands in for the paper's models and data (real weights, random weights, which data). A
+module that cannot be imported or set up (a missing package, a system package such as Apertium)
+is skipped with a note.
 
 The cluster: 2 CPU workers and 1 GPU-tagged worker (processes). The store keeps one copy of each
 value (``cluster.store.replicas = 1``), so, as on a cluster with more workers than copies, a
@@ -70,6 +72,7 @@ class Pipeline:
     flow: cf.Flow
     requests: list[Any]
     store: dict[str, Any] | None
+    substitutions: str
 
     def request(self, i: int) -> Any:
         """The ``i``-th request sent: the real requests in turn."""
@@ -88,7 +91,9 @@ def set_up(name: str, small: bool, count: int) -> Pipeline | str:
         if hasattr(module, "store_data"):
             options = {**options, "small": small}
             store = module.store_data(**options)
-        return Pipeline(name, module.flow(**options), module.requests(count, seed=0, **options), store)
+        requests = module.requests(count, seed=0, **options)
+        substitutions = getattr(module, "SUBSTITUTIONS", "not stated by the module")
+        return Pipeline(name, module.flow(**options), requests, store, substitutions)
     except cf.FlowError as exc:
         return f"set-up failed: {exc}"
 
@@ -130,7 +135,7 @@ def warm_up(pipeline: Pipeline, predict: dict[str, Callable[[Any], Any]]) -> Non
         closed_loop_latencies(call, pipeline.request, max(CLIENTS), 0.2)
 
 
-def report(name: str, stages: dict[str, int], results: dict[int, dict[str, Runs]]) -> list[str]:
+def report(pipeline: Pipeline, stages: dict[str, int], results: dict[int, dict[str, Runs]]) -> list[str]:
     """Print the pipeline's table; the (clients, figure) pairs where optimized was slower."""
     rows, slower = [], []
     for clients, runs in results.items():
@@ -147,7 +152,8 @@ def report(name: str, stages: dict[str, int], results: dict[int, dict[str, Runs]
     headers = ["clients", "variant", "median ms", "p99 ms", "req/s", "median ratio", "p99 ratio", "req/s ratio"]
     headers.append("errors")
     plan = ", ".join(f"{variant} {n} stages" for variant, n in stages.items())
-    print(f"\n### {name} ({plan}; ratios are to the unoptimized deployment)\n")
+    print(f"\n### {pipeline.name} ({plan}; ratios are to the unoptimized deployment)\n")
+    print(f"Models and data: {pipeline.substitutions}\n")
     print(markdown_table(headers, rows), flush=True)
     return slower
 
@@ -184,7 +190,7 @@ def main() -> None:
                     stages = {"unoptimized": len(plain.plan.stages), "optimized": len(optimized.plan.stages)}
             finally:
                 cluster.store.clear()
-            verdicts[name] = report(name, stages, results)
+            verdicts[name] = report(pipeline, stages, results)
             print(f"({time.perf_counter() - started:.0f} s)", flush=True)
     print()
     for name, slower in verdicts.items():

@@ -58,7 +58,7 @@ import numpy as np
 import cloudflow_nb as cf
 from cloudflow_nb.examples.movielens import GENRES, movielens
 
-__all__ = ["DATA", "flow", "rank", "requests", "store_data"]
+__all__ = ["DATA", "SUBSTITUTIONS", "flow", "rank", "requests", "store_data"]
 
 DATA = ("synthetic", "movielens")
 DIM = 512  # the paper's user and item vector size
@@ -67,6 +67,11 @@ TOP = 5
 RECENT = 5  # recent ids per request
 PRODUCT_SETS = 1000  # the paper's recent ids are product sets 0..999
 MIN_RATINGS = 20  # MovieLens: a movie is recommended only with this many ratings (rarer: noisy factors)
+SUBSTITUTIONS = (
+    "no model (as in the paper); synthetic: random 512-d user vectors and 2500x512 float32 item matrices, "
+    "100 users and 4 categories (small) or 10,000 users and 100 categories (full; the paper: 100,000 and 1,000); "
+    "movielens: MovieLens-100K ratings from the recbole 1.2.1 wheel, ALS factors (k=32) computed at set-up"
+)
 
 
 @dataclass(frozen=True)

@@ -182,8 +182,9 @@ def store_data(small: bool = True, data: str = "synthetic", seed: int = 0) -> di
 def requests(n: int, seed: int = 0, data: str = "synthetic", small: bool = True) -> list[dict[str, Any]]:
     """``n`` requests for ``flow(data=data, small=small)``: ``{"user": ..., "recent": [...]}``.
 
-    Synthetic users are drawn from those of the small store, so the requests suit both sizes;
-    MovieLens requests are real users with their five latest rated movies, oldest first.
+    Synthetic users are drawn from the users of ``store_data(small=small)``, ``recent`` from
+    the paper's 1,000 product sets; MovieLens requests are real users with their five latest
+    rated movies, oldest first.
     """
     _check(data)
     rng = np.random.default_rng(seed)
@@ -191,7 +192,7 @@ def requests(n: int, seed: int = 0, data: str = "synthetic", small: bool = True)
         model = movielens()
         users = rng.integers(1, len(model.users), size=n)
         return [{"user": int(u), "recent": [int(i) for i in model.recent[u]]} for u in users]
-    users = rng.integers(0, SMALL.users, size=n)
+    users = rng.integers(0, _scale(small).users, size=n)
     recent = rng.integers(0, PRODUCT_SETS, size=(n, RECENT))
     return [{"user": int(u), "recent": [int(i) for i in r]} for u, r in zip(users, recent, strict=True)]
 

@@ -120,3 +120,16 @@ def test_als_recovers_a_low_rank_matrix():
     u, v = movielens.als(rows, cols, values, 60, 40, factors=3, sweeps=30, regularization=0.001)
     fitted = np.sum(u[rows] * v[cols], axis=1) + values.mean()
     assert np.sqrt(np.mean((fitted - values) ** 2)) < 0.05 * values.std()
+
+
+def test_full_size_requests_reach_the_full_stores_users():
+    users = {r["user"] for r in recommender.requests(200, small=False)}
+    assert max(users) >= recommender.SMALL.users
+    assert max(users) < recommender.FULL.users
+
+
+def test_an_unknown_movie_fails_only_its_request(stores):
+    flow = recommender.flow(data="movielens")
+    with pytest.raises(cf.OperatorError, match="unknown movie id 99999"):
+        flow.run({"user": 1, "recent": [1, 99999]}, store=stores["movielens"])
+    assert len(flow.run({"user": 1, "recent": [1, 2]}, store=stores["movielens"])[0]["items"]) == 5

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,7 +48,6 @@ PIPELINES: dict[str, tuple[str, dict[str, Any]]] = {
     "recommender": ("cloudflow_nb.examples.recommender", {}),
     "recommender-movielens": ("cloudflow_nb.examples.recommender", {"data": "movielens"}),
 }
-VARIANTS = ("local", "unoptimized", "optimized")
 CLIENTS = (1, 8)
 SLOWER = 1.05  # a ratio past this (latency up, or throughput down) counts as "optimized slower"
 
@@ -158,7 +158,25 @@ def report(pipeline: Pipeline, stages: dict[str, int], results: dict[int, dict[s
     return slower
 
 
-def main() -> None:
+def serve(cluster: cf.Cluster, pipeline: Pipeline, seconds: float, rounds: int) -> list[str]:
+    """Measure ``pipeline`` on the local engine and deployed both ways; print its table."""
+    if pipeline.store:
+        cluster.store.update(pipeline.store)
+    try:
+        with (
+            cluster.deploy(pipeline.flow, optimize=False) as plain,
+            cluster.deploy(pipeline.flow, optimize=cf.Optimize()) as optimized,
+        ):
+            predict = predictors(pipeline, {"unoptimized": plain, "optimized": optimized})
+            warm_up(pipeline, predict)
+            results = {n: measure(pipeline, predict, n, seconds, rounds) for n in CLIENTS}
+            stages = {"unoptimized": len(plain.plan.stages), "optimized": len(optimized.plan.stages)}
+    finally:
+        cluster.store.clear()
+    return report(pipeline, stages, results)
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small stores, fewer requests, shorter runs")
     parser.add_argument("--pipelines", default=",".join(PIPELINES), help="comma-separated names or module paths")
@@ -169,6 +187,7 @@ def main() -> None:
     count = 8 if args.quick else 32
     print(f"## Real pipelines: local engine, deployed unoptimized and optimized; {seconds:g} s per figure")
     verdicts: dict[str, list[str]] = {}
+    failed = []
     with cf.LocalCluster(workers=2, gpu_workers=1, dashboard=False) as cluster:
         cluster.store.replicas = 1
         for name in args.pipelines.split(","):
@@ -177,26 +196,19 @@ def main() -> None:
                 print(f"\n{name}: skipped: {pipeline}", flush=True)
                 continue
             started = time.perf_counter()
-            if pipeline.store:
-                cluster.store.update(pipeline.store)
             try:
-                with (
-                    cluster.deploy(pipeline.flow, optimize=False) as plain,
-                    cluster.deploy(pipeline.flow, optimize=cf.Optimize()) as optimized,
-                ):
-                    predict = predictors(pipeline, {"unoptimized": plain, "optimized": optimized})
-                    warm_up(pipeline, predict)
-                    results = {n: measure(pipeline, predict, n, seconds, rounds) for n in CLIENTS}
-                    stages = {"unoptimized": len(plain.plan.stages), "optimized": len(optimized.plan.stages)}
-            finally:
-                cluster.store.clear()
-            verdicts[name] = report(pipeline, stages, results)
+                verdicts[name] = serve(cluster, pipeline, seconds, rounds)
+            except Exception as exc:  # one broken pipeline must not hide the others' figures
+                print(f"\n{name}: FAILED: {type(exc).__name__}: {exc}", flush=True)
+                failed.append(name)
+                continue
             print(f"({time.perf_counter() - started:.0f} s)", flush=True)
     print()
     for name, slower in verdicts.items():
         verdict = "optimized never slower" if not slower else "optimized SLOWER at " + ", ".join(slower)
         print(f"Target ({name}: optimized never slower than unoptimized, {SLOWER - 1:.0%} noise allowed): {verdict}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -22,8 +22,10 @@ def stores() -> dict[str, dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def cluster(stores: dict[str, dict[str, Any]]) -> Iterator[Any]:
-    """Two CPU worker processes whose store holds both variants, each key its own entry."""
+    """Two CPU worker processes whose store holds both variants, each key its own entry, on one
+    worker only (so a lookup is local on one worker and remote on the other)."""
     with cf.LocalCluster(workers=2, gpu_workers=0, dashboard=False) as cluster:
+        cluster.store.replicas = 1
         for contents in stores.values():
             cluster.store.update(contents)
         yield cluster
@@ -62,6 +64,17 @@ def test_deployed_top_five_equal_a_brute_force_ranking(data, stores, cluster):
             together = dep.predict(requests, timeout=60).column("items")
         assert one_by_one == expected
         assert together == expected
+
+
+@pytest.mark.cluster
+def test_scoring_runs_on_the_worker_holding_the_categorys_matrix(cluster):
+    requests = [r for r in recommender.requests(40, seed=3) if sum(r["recent"]) % recommender.SMALL.categories == 1]
+    with cluster.deploy(recommender.flow()) as dep:
+        for request in requests:
+            dep.predict(request, timeout=60)
+        scoring = dep.stats()["stages"]["lookup-top_items"]
+    calls = {replica["worker"]: replica["calls"] for replica in scoring["replicas"]}
+    assert calls[cluster.store.location("category:1")] == len(requests) > 0
 
 
 @pytest.mark.cluster

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -177,6 +176,6 @@ def _save(path: Path, model: MovieLens) -> None:
     """Write ``model`` to ``path`` atomically: a half-written cache file is never read."""
     arrays: dict[str, Any] = asdict(model)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as tmp:
-        np.savez(tmp, **arrays)
-    os.replace(tmp.name, path)
+    partial = path.with_name(f".{path.stem}.{os.getpid()}.npz")
+    np.savez(partial, **arrays)
+    os.replace(partial, path)

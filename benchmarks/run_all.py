@@ -23,6 +23,7 @@ BENCHMARKS = [
     "locality.py",
     "overload.py",
     "faults.py",
+    "autoscaling.py",
     "pipelines.py",
 ]
 

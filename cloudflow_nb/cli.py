@@ -1,10 +1,10 @@
 """``cloudflow-nb serve module:flow``: serve a flow over HTTP from a shell.
 
 ``module:attr`` names a ``cf.Flow``, or a function of no arguments that returns one, in a module
-importable from the current directory (a one-file module is also sent to the workers of an
-existing cluster with Dask's ``upload_file``; a package must be installed there). The flow is deployed on an embedded ``cf.LocalCluster``
+importable from the current directory. The flow is deployed on an embedded ``cf.LocalCluster``
 (``--workers``, ``--gpu-workers``) or, with ``--scheduler ADDR``, on an existing Dask cluster
-(``cf.connect``), and served with ``cf.serve`` on ``--host``/``--port`` (loopback, 8000 by default).
+(``cf.connect``; a one-file module is sent to its workers with Dask's ``upload_file``, a package
+must be installed there), and served with ``cf.serve`` on ``--host``/``--port`` (loopback, 8000 by default).
 The command prints where it listens, one URL a line, and runs until SIGTERM or SIGINT (Ctrl-C); it
 then closes the endpoint, the deployment and the cluster it started, and exits 0. A bad target
 exits 2, a flow that cannot be deployed 1, each with one line saying why.

@@ -37,6 +37,10 @@ __all__ = ["load_flow", "main"]
 
 TOKEN_VAR = "CLOUDFLOW_NB_TOKEN"
 PROG = "cloudflow-nb"
+DESCRIPTION = (
+    "Serve a flow over HTTP until SIGTERM or Ctrl-C. module:flow names a cf.Flow, or a function of no "
+    "arguments returning one, in a module importable from the current directory."
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Serve cloudflow_nb flows.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    serve = commands.add_parser("serve", help="serve a flow over HTTP", description=__doc__.split("\n\n")[1])
+    serve = commands.add_parser("serve", help="serve a flow over HTTP", description=DESCRIPTION)
     serve.add_argument("target", metavar="module:flow", help="a cf.Flow, or a function returning one")
     serve.add_argument("--scheduler", metavar="ADDR", help="an existing Dask scheduler (default: embedded cluster)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")

@@ -102,12 +102,15 @@ def _serve(args: argparse.Namespace) -> int:
         return _fail(str(exc), 2)
     token = args.token or os.environ.get(TOKEN_VAR) or None
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # Worker processes started while SIGINT is ignored ignore it too: Ctrl-C in a terminal reaches the
+    # whole process group, and only this process should act on it (by closing the workers in order).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         with contextlib.ExitStack() as stack:
             cluster, where = _cluster(args, flow)
             stack.enter_context(cluster)
+            signal.signal(signal.SIGINT, lambda *_: stop.set())
             import cloudflow_nb as cf
 
             dep = stack.enter_context(cluster.deploy(flow, optimize=args.optimize))

@@ -93,7 +93,9 @@ class Server:
     def __init__(self, cwd: Path, *args: str, env: dict[str, str] | None = None) -> None:
         full = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path]), **(env or {})}
         command = [sys.executable, "-m", "cloudflow_nb", "serve", *args, "--port", "0"]
-        self.proc = subprocess.Popen(command, cwd=cwd, env=full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            command, cwd=cwd, env=full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+        )
         self.lines: queue.Queue[str] = queue.Queue()
         self.seen: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
@@ -117,8 +119,12 @@ class Server:
                 return match
         raise AssertionError(f"no line matching {pattern!r}; output so far:\n" + "\n".join(self.seen[-40:]))
 
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
+    def stop(self, how: str = "SIGTERM") -> int:
+        """SIGTERM to the process, or Ctrl-C (SIGINT to its whole process group); its exit status."""
+        if how == "SIGTERM":
+            self.proc.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(self.proc.pid, signal.SIGINT)
         return self.proc.wait(STOP_TIMEOUT)
 
     def kill(self) -> None:
@@ -174,7 +180,8 @@ def gone(pids: list[int], timeout: float) -> list[int]:
 
 @pytest.mark.cluster
 @pytest.mark.slow
-def test_serve_on_an_embedded_cluster_then_sigterm(flow_dir):
+@pytest.mark.parametrize("how", ["SIGTERM", "Ctrl-C"])
+def test_serve_on_an_embedded_cluster_then_stop(flow_dir, how):
     cwd, module = flow_dir
     server = Server(cwd, f"{module}:make_flow", "--workers", "1", env={"CLOUDFLOW_NB_TOKEN": "t0ken"})
     try:
@@ -182,9 +189,10 @@ def test_serve_on_an_embedded_cluster_then_sigterm(flow_dir):
         base, children = serve_and_check(server, {"Authorization": "Bearer t0ken"})
         assert children, "the embedded cluster's worker processes"
         assert fetch(base + "/predict", b'{"x": 1}')[0] == 401
-        assert server.stop() == 0
+        assert server.stop(how) == 0
         server.wait_for("stopped", 10)
         assert gone(children, 30) == []
+        assert not [line for line in server.seen if "Traceback" in line or "KeyboardInterrupt" in line]
     finally:
         server.kill()
 

@@ -144,7 +144,7 @@ class Endpoint:
         _check_limits(max_body=max_body, max_depth=max_depth, offload_over=offload_over, decoders=decoders)
         _check_token(token)
         self.deployment = deployment
-        self._token = None if token is None else f"Bearer {token}".encode()
+        self._token = None if token is None else token.encode()
         flow = deployment.flow
         self.spec = spec(flow.name, flow.input_schema, flow.schema, token=token is not None)
         self.answers: Counter[tuple[str, int]] = Counter()  # (path, status) -> how many; on the loop thread
@@ -169,7 +169,7 @@ class Endpoint:
             sockets = bind_sockets(port, host)
             self.port: int = sockets[0].getsockname()[1]
             args = {"endpoint": self}
-            handlers = [(path, _HANDLERS[path], args) for path in PATHS]
+            handlers = [(re.escape(path), _HANDLERS[path], args) for path in PATHS]
             app = Application(handlers, default_handler_class=_NotFound, default_handler_args=args)
             # The handlers cap bodies themselves (and answer 413 in JSON); tornado's own cap would answer
             # an empty 400, so it is set out of the way. Bodies past the cap are discarded, never kept.
@@ -188,7 +188,9 @@ class Endpoint:
         """Whether an ``Authorization`` header value lets a request through (always, without a token)."""
         if self._token is None:
             return True
-        return header is not None and hmac.compare_digest(header.encode("utf-8", "replace"), self._token)
+        scheme, _, credentials = (header or "").partition(" ")
+        given = credentials.strip().encode("utf-8", "replace")
+        return scheme.lower() == "bearer" and hmac.compare_digest(given, self._token)
 
     def live_stats(self) -> dict[str, Any]:
         """``dep.stats()``; ``DeploymentError`` once the deployment is closed."""

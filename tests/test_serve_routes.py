@@ -146,13 +146,15 @@ def test_a_token_guards_predictions_metrics_and_stats_only(deployment):
     with cf.serve(deployment, token=TOKEN) as ep:
         for path in ("/predict", "/metrics", "/stats"):
             data = json.dumps(good).encode() if path == "/predict" else None
-            for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
+            wrong = ("Bearer wrong", TOKEN, f"Basic {TOKEN}", f"Bearer {TOKEN}x", "Bearer")
+            for headers in ({}, *({"Authorization": value} for value in wrong)):
                 status, answer_headers, body = get(ep.url + path, headers, data)
                 assert status == 401, (path, headers)
                 assert answer_headers["WWW-Authenticate"].startswith("Bearer")
                 assert "Authorization: Bearer <token>" in json.loads(body)["error"]
         auth = {"Authorization": f"Bearer {TOKEN}"}
         assert post_json(ep.url + "/predict", good, auth)[0] == 200
+        assert post_json(ep.url + "/predict", good, {"Authorization": f"bearer  {TOKEN}"})[0] == 200
         assert get(ep.url + "/metrics", auth)[0] == 200
         assert get(ep.url + "/stats", auth)[0] == 200
         for path in ("/healthz", "/readyz", "/openapi.json", "/docs"):
@@ -165,6 +167,10 @@ def test_a_token_guards_predictions_metrics_and_stats_only(deployment):
 def test_bad_tokens_are_refused(deployment, token):
     with pytest.raises(cf.SchemaError, match="serve: token must be non-empty printable ASCII"):
         cf.serve(deployment, token=token)
+
+
+def test_paths_match_exactly(endpoint):
+    assert get(endpoint.url + "/openapiXjson")[0] == 404
 
 
 def test_a_body_that_is_not_json_answers_415(endpoint):

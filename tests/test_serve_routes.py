@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import urllib.error
 import urllib.request
@@ -161,6 +162,20 @@ def test_a_token_guards_predictions_metrics_and_stats_only(deployment):
             assert get(ep.url + path)[0] == 200, path
         doc = json.loads(get(ep.url + "/openapi.json")[2])
         assert doc["components"]["securitySchemes"]["bearer"] == {"type": "http", "scheme": "bearer"}
+
+
+def test_an_unauthorized_body_is_answered_401_before_it_is_sent(deployment):
+    with cf.serve(deployment, token=TOKEN) as ep:
+        conn = http.client.HTTPConnection("127.0.0.1", ep.port, timeout=30)
+        try:
+            conn.putrequest("POST", "/predict")
+            conn.putheader("Content-Length", str(50 * 2**20))
+            conn.endheaders()  # the 50 MB body is never sent: the answer must not wait for it
+            response = conn.getresponse()
+            assert response.status == 401
+            assert "Bearer" in json.loads(response.read())["error"]
+        finally:
+            conn.close()
 
 
 @pytest.mark.parametrize("token", ["", "two words", "caf\u00e9", 42])

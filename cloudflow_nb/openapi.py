@@ -36,11 +36,9 @@ _SCALARS: dict[type, str] = {
     list: "array",
     dict: "object",
 }
-_ERRORS = {
+_ERRORS = {  # what POST /predict answers besides 200
     "400": "the body is not JSON, nests too deep, holds NaN or Infinity, or does not fit the input schema",
     "401": "the endpoint has a token and the request did not bring it (`Authorization: Bearer <token>`)",
-    "404": "no such path",
-    "405": "a method the path does not take (`Allow` lists those it does)",
     "413": "the body is larger than the endpoint's limit",
     "415": "the body's Content-Type is not JSON",
     "422": "an operator failed (`operator` names it), or a lookup found no value for its key",
@@ -49,7 +47,6 @@ _ERRORS = {
     "503": "the deployment is closed, or the cluster could not serve the request",
     "504": "the request's deadline passed",
 }
-_PREDICT_ERRORS = ("400", "401", "413", "415", "422", "429", "500", "503", "504")
 
 
 def column_schema(tp: type, answer: bool = False) -> dict[str, Any]:
@@ -79,7 +76,7 @@ def _row(schema: Schema, answer: bool) -> dict[str, Any]:
 def spec(name: str, inputs: Schema, outputs: Schema, token: bool = False) -> dict[str, Any]:
     """The OpenAPI 3.1 document of the flow ``name`` served by ``cf.serve`` (``token``: with a bearer token)."""
     error = {"$ref": "#/components/schemas/Error"}
-    errors = {code: _response(_ERRORS[code], error) for code in _PREDICT_ERRORS}
+    errors = {code: _response(when, error) for code, when in _ERRORS.items()}
     errors["429"]["headers"] = {"Retry-After": {"description": "whole seconds", "schema": {"type": "integer"}}}
     errors["401"]["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
     predict: dict[str, Any] = {
@@ -121,7 +118,8 @@ def spec(name: str, inputs: Schema, outputs: Schema, token: bool = False) -> dic
             "version": "1",
             "description": "Arrays travel as nested lists of numbers, bytes as base64 text; a nan or an "
             "infinity in a result is null. Every answer is JSON but /metrics and /docs; errors are "
-            '{"error": "..."}.',
+            '{"error": "..."} (the Error schema), and so are the answers to an unknown path (404) or a '
+            "method a path does not take (405, with Allow).",
         },
         "paths": {
             "/predict": {"post": predict},

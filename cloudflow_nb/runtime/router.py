@@ -332,7 +332,7 @@ class Router:
                         if tasks[name] is task:
                             ready[i] = task.result().table  # type: ignore[assignment]
             if not ready:
-                srt.stats.record(loop.time() - start, ok=False)
+                srt.stats.record(loop.time() - start, ok=False, kind=type(errors[0]).__name__)
                 raise errors[0]
         program = rewrite(stage.program, lambda node: _first_ready(node, set(ready)))
         slots = {n.slot: n for n in walk(program) if isinstance(n, StageInput)}
@@ -379,7 +379,8 @@ class Router:
                 srt.stats.retries += 1
                 continue
             outcome, batch = result
-            srt.stats.record(loop.time() - start, not isinstance(outcome, FlowError), batch)
+            failed = isinstance(outcome, FlowError)
+            srt.stats.record(loop.time() - start, not failed, batch, type(outcome).__name__ if failed else None)
             srt.latency.add(loop.time() - start)
             if isinstance(outcome, FlowError):
                 raise outcome

@@ -81,11 +81,12 @@ class _View:
         self.target = target
         self.interval = _interval(interval)
         self.refreshes = 0  # samples taken
-        self.error = ""  # the last refresh's failure, shown in the view
+        self.error = ""  # the last failed refresh (the view shows it and tries again)
         self._stop = threading.Event()
         self._lock = threading.Lock()  # one refresh at a time: the thread's or a caller's
         self._thread: threading.Thread | None = None
-        self.widget: Any = None
+        self.widget: Any = None  # the ipywidgets box, made by the subclass
+        self.status: Any = None  # its status line (an ipywidgets.HTML)
 
     def start(self) -> Any:
         """Refresh every ``interval`` seconds in a daemon thread (idempotent); returns the view."""
@@ -110,25 +111,34 @@ class _View:
         """Stop refreshing and close the widgets."""
         self.stop()
         if self.widget is not None:
+            for child in self.widget.children:
+                if self.dashboard_widget is None or child is not self.dashboard_widget:
+                    child.close()  # the bokeh widget closes itself when collected (twice raises)
             self.widget.close()
 
-    def _ended(self) -> bool:
-        """The target closed, or the widget was closed (its comm is gone)."""
-        return self._target_closed() or (self.widget is not None and getattr(self.widget, "comm", None) is None)
+    @property
+    def dashboard_widget(self) -> Any:
+        """The bokeh dashboard's widget in the view, if any."""
+        return None
 
-    def _target_closed(self) -> bool:
-        raise NotImplementedError
+    def _ended(self) -> str | None:
+        """Why refreshing should stop: the target closed, or the widget did (its comm is gone)."""
+        if self.target.closed:
+            return "closed"
+        if self.widget is not None and getattr(self.widget, "comm", None) is None:
+            return "view closed"
+        return None
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
-            if self._ended():
-                self._stopped("stopped: " + ("closed" if self._target_closed() else "view closed"))
+            if why := self._ended():
+                self._status(f"stopped: {why}")
                 return
             try:
                 self.refresh()
-            except Exception as exc:  # the target went away mid-refresh: say so and stop
-                if self._ended():
-                    self._stopped("stopped: closed")
+            except Exception as exc:  # stop if the target went away meanwhile, else show it and retry
+                if why := self._ended():
+                    self._status(f"stopped: {why}")
                     return
                 self.error = f"{type(exc).__name__}: {exc}"
                 self._status(f"refresh failed ({self.error}); retrying")
@@ -141,11 +151,8 @@ class _View:
     def _refresh(self) -> None:
         raise NotImplementedError
 
-    def _stopped(self, why: str) -> None:
-        self._status(why)
-
     def _status(self, text: str) -> None:
-        raise NotImplementedError
+        self.status.value = f"<small>{html.escape(text)}</small>"
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
         from cloudflow_nb.widgets import widget_bundle
@@ -191,9 +198,6 @@ class DeploymentView(_View):
         self.widget = w.VBox(parts)
         self.refresh()
 
-    def _target_closed(self) -> bool:
-        return bool(self.deployment.closed)
-
     def _refresh(self) -> None:
         stats = self.dashboard.refresh() if self.dashboard is not None else self.deployment.stats()
         self.refreshes += 1
@@ -222,13 +226,14 @@ class DeploymentView(_View):
         except Exception as exc:  # a broken dot install: the table is the view
             return f"{table}<p><i>graph not drawn: {html.escape(str(exc))}</i></p>"
 
-    def _status(self, text: str) -> None:
-        self.status.value = f"<small>{html.escape(text)}</small>"
-
     def stop(self) -> None:
         super().stop()
         if self.dashboard is not None:
             self.dashboard.stop()
+
+    @property
+    def dashboard_widget(self) -> Any:
+        return None if self.dashboard is None else self.dashboard.widget
 
     def __repr__(self) -> str:
         return f"<cf.watch {self.deployment!r}>"
@@ -254,9 +259,6 @@ class ClusterView(_View):
         self.widget = w.VBox([self.table, self.status])
         self.refresh()
 
-    def _target_closed(self) -> bool:
-        return bool(self.cluster.closed)
-
     def _refresh(self) -> None:
         rows = self.cluster.worker_report()
         self.refreshes += 1
@@ -268,9 +270,6 @@ class ClusterView(_View):
             )
             self.table.value = f"{title}: {len(rows)} workers ({gpu} GPU-tagged){workers_html(rows)}"
         self._status(f"refreshing every {self.interval:g} s (sample {self.refreshes})")
-
-    def _status(self, text: str) -> None:
-        self.status.value = f"<small>{html.escape(text)}</small>"
 
     def __repr__(self) -> str:
         return f"<cf.watch {self.cluster!r}>"

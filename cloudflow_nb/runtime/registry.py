@@ -182,7 +182,16 @@ class Deployments:
         return sorted(self.entries)
 
     def placements(self) -> dict[str, list[list[str]]]:
-        """Every deployment's replicas as last reported (``[id, stage, worker, device]`` lists)."""
+        """Every deployment's replicas as last reported (``[id, stage, worker, device]`` lists).
+
+        Examples
+        --------
+        >>> reg = Deployments()
+        >>> _ = reg.register("d", "a", detached=False, lease=2.0, spec=b"", now=0.0)
+        >>> _ = reg.renew("d", "a", now=1.0, replicas=[["r0", "s0", "tcp://w:1", "cpu"]])
+        >>> reg.placements()
+        {'d': [['r0', 's0', 'tcp://w:1', 'cpu']]}
+        """
         return {name: [list(r) for r in self.entries[name].replicas] for name in self.names()}
 
 

@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench setup dot chromium lint clean
+.PHONY: demo test bench setup dot chromium apertium lint clean
 
 demo: setup
 	$(PY) -m cloudflow_nb.examples.demo
@@ -19,7 +19,7 @@ lint: setup
 	$(VENV)/bin/ruff check cloudflow_nb tests benchmarks
 	$(VENV)/bin/mypy
 
-setup: $(STAMP) dot chromium
+setup: $(STAMP) dot chromium apertium
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,10 @@ dot:
 # the browser test (tests/browser) drives Debian's Chromium with Playwright; never `playwright install`
 chromium:
 	$(call apt_need,test -x /usr/bin/chromium,chromium,tests/browser skips until then)
+
+# the translation example runs Debian's Apertium (GPL) as a separate process; its tests skip without it
+apertium:
+	$(call apt_need,command -v apertium >/dev/null 2>&1 && apertium -l | grep -qx ' *fr-es' && apertium -l | grep -qx ' *spa-eng',apertium apertium-eng-spa apertium-fr-es,the translation example and its tests need it)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

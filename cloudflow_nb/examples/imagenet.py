@@ -120,7 +120,7 @@ def crop(image: np.ndarray) -> np.ndarray:
     h, w = image.shape[:2]
     scale = RESIZE / min(h, w)
     size = (max(SIZE, round(h * scale)), max(SIZE, round(w * scale)))
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    x = torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1)[None]
     x = torch.nn.functional.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
     top, left = (size[0] - SIZE) // 2, (size[1] - SIZE) // 2
     x = x[0, :, top : top + SIZE, left : left + SIZE].round().clamp(0, 255)
@@ -241,7 +241,8 @@ def resnet(depth: int = 101, seed: int = 0) -> Any:
 
         def forward(self, x: Any) -> Any:
             x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-            x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+            for i in range(1, 5):
+                x = getattr(self, f"layer{i}")(x)
             return self.fc(torch.flatten(self.avgpool(x), 1))
 
     with torch.random.fork_rng(devices=[]):

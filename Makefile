@@ -4,13 +4,17 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench setup dot chromium lint clean
+.PHONY: demo test bench lab setup dot chromium lint clean
 
 demo: setup
 	$(PY) -m cloudflow_nb.examples.demo
 
 test: setup
 	$(PY) -m pytest -q
+
+# JupyterLab on the notebooks (tutorials and pipelines); open the URL it prints
+lab: setup
+	$(VENV)/bin/jupyter lab notebooks/
 
 bench: setup
 	$(PY) benchmarks/run_all.py
@@ -26,7 +30,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	# torch 2.13.0 has a local CPU wheel on these machines; a bare "torch" would pull a CUDA build
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[test,examples,dev,browser]"
+	$(PY) -m pip install -q -e ".[test,examples,dev,browser,notebook]"
 	touch $(STAMP)
 
 # $(call apt_need,CHECK,PACKAGE,WITHOUT IT): install a Debian package when CHECK fails and we may

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from cloudflow_nb.errors import DeploymentError, FlowError, FlowTimeoutError, OverloadError
 from cloudflow_nb.physical import SOURCE, Plan, Stage
 from cloudflow_nb.plan import AnyOf, Node, StageInput
-from cloudflow_nb.runtime.admission import Ewma, default_limit, expected_wait, retry_after, with_room
+from cloudflow_nb.runtime.admission import Ewma, default_limit, expected_wait, in_time, retry_after, with_room
 from cloudflow_nb.runtime.comm import worker_gone
 from cloudflow_nb.runtime.fastpath import fast_pool
 from cloudflow_nb.runtime.local import LocalEngine
@@ -393,7 +393,7 @@ class Router:
             if len(srt.waiting) >= srt.max_queue:
                 raise self._overloaded(srt, replicas, "its queue is full")
             wait = expected_wait(len(srt.waiting), srt.latency.value, replicas * srt.limit)
-            if wait + srt.latency.value > remaining:
+            if not in_time(wait, srt.latency.value, remaining):
                 raise self._overloaded(
                     srt, replicas, f"it would not answer within the request's {remaining:.2f} s left"
                 )

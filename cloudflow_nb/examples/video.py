@@ -20,6 +20,9 @@ What is real and what stands in for the paper's parts:
   so a pedestrian's crop is labelled by what dominates it (``jean``, ``trench coat``, ...).
   ``model="resnet101"`` runs the paper's ResNet-101 with RANDOM weights: its cost is faithful,
   its labels mean nothing.
+* Serving: a 30-frame clip keeps one detector replica busy for several seconds, so deploy
+  with a ``timeout`` well above that (``cluster.deploy(video.flow(), timeout=600)``); it also
+  bounds how long one call may run before its replica counts as hung.
 * One branch, not two: the paper filters YOLO's detections into a person branch and a car branch
   and joins them (outer). No real car detector works offline here (HOG finds people only; the
   parked cars in this video do not move, so motion does not find them either), and a branch
@@ -34,7 +37,7 @@ Examples
 ('qid', 'frame', 'box', 'kind', 'score', 'crop', 'label', 'conf')
 >>> rows = flow.run(video.requests(1, frames=2)[0])  # doctest: +SKIP
 >>> [(r["frame"], r["box"], r["label"]) for r in rows][:2]  # doctest: +SKIP
-[(0, (455, 141, 65, 130), 'jean'), (0, (547, 222, 65, 130), 'suit')]
+[(0, (453, 146, 68, 135), 'solar dish'), (0, (491, 238, 70, 140), 'sweatshirt')]
 """
 
 from __future__ import annotations

@@ -101,7 +101,7 @@ def test_unknown_model_lists_the_choices():
 def test_deployed_unoptimized_and_optimized_agree_with_the_local_engine(serving_cluster, clip, result):
     expected = [(r["frame"], r["box"], r["label"]) for r in result]
     for options in (False, cf.Optimize()):
-        with serving_cluster.deploy(video.flow(), optimize=options) as dep:
-            served = dep.predict(clip, timeout=120)
+        with serving_cluster.deploy(video.flow(), optimize=options, timeout=300) as dep:
+            served = dep.predict(clip)
         assert [(r["frame"], r["box"], r["label"]) for r in served] == expected
         assert np.allclose([r["conf"] for r in served], [r["conf"] for r in result], atol=1e-4)

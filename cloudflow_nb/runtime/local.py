@@ -15,7 +15,20 @@ import numpy as np
 
 from cloudflow_nb.errors import FlowError, MissingKeyError, OperatorError, SchemaError
 from cloudflow_nb.physical import SOURCE, Plan, Stage
-from cloudflow_nb.plan import NO_DEFAULT, Agg, AnyOf, Filter, Join, Lookup, Map, Node, Source, StageInput, Union
+from cloudflow_nb.plan import (
+    NO_DEFAULT,
+    Agg,
+    AnyOf,
+    Explode,
+    Filter,
+    Join,
+    Lookup,
+    Map,
+    Node,
+    Source,
+    StageInput,
+    Union,
+)
 from cloudflow_nb.table import QID, Row, Table, accepts, type_name
 from cloudflow_nb.traversal import walk
 
@@ -120,6 +133,8 @@ class LocalEngine:
             return self._map(node, inputs[0])
         if isinstance(node, Filter):
             return self._filter(node, inputs[0])
+        if isinstance(node, Explode):
+            return _explode(node, inputs[0])
         if isinstance(node, Agg):
             return _aggregate(node, inputs[0])
         if isinstance(node, Lookup):
@@ -245,7 +260,24 @@ def _inputs_used(node: Node) -> tuple[Node, ...]:
     return node.children[:1] if isinstance(node, AnyOf) else node.children
 
 
-def _merge(node: Map, row: Row, result: Any) -> Row:
+def _explode(node: Explode, table: Table) -> Table:
+    out: list[Row] = []
+    for row in table:
+        items = row[node.column]
+        if items is None:
+            continue
+        if not isinstance(items, (list, tuple, np.ndarray)):
+            raise SchemaError(
+                f"{node.title}: column {node.column!r} must hold a list, a tuple or an array, "
+                f"got {type(items).__name__} (qid {row.qid})"
+            )
+        for item in items:
+            base = Row({QID: len(out), **{c: row[c] for c in node.kept}})
+            out.append(_merge(node, base, item))
+    return Table(node.schema, out)
+
+
+def _merge(node: Map | Explode, row: Row, result: Any) -> Row:
     """The input row with ``node``'s output columns from ``result`` added or replaced."""
     names = node.output_names
     if len(names) == 1:

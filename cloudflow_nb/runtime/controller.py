@@ -359,7 +359,7 @@ class Controller:
     async def _start(self, srt: StageRuntime, worker: str) -> None:
         stage = srt.stage
         replica = ReplicaRef(stage.name, f"{self.name}/{stage.name}/{self.holder}-{next(self._ids)}", worker)
-        spec = StageSpec(stage.name, labelled(stage.program), stage.batching, stage.gpu, srt.limit)
+        spec = StageSpec(stage.name, labelled(stage.program), stage.batching, stage.gpu, srt.limit, stage.concurrent)
         try:
             reply = await asyncio.wait_for(
                 self.pool(worker).cf_start(replica=replica.id, spec=to_serialize(spec)), START_TIMEOUT
@@ -505,6 +505,7 @@ class Controller:
             srt.stage.competitive,
             None if p50 is None else round(p50 * 1000, 3),
             srt.stage.locality,
+            srt.stage.concurrent,
         )
 
     async def _apply(self, policy: AutoscalePolicy, instruction: Instruction) -> None:

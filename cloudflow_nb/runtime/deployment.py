@@ -216,7 +216,9 @@ class Deployment:
 
     def stats(self) -> dict[str, Any]:
         """Per-request and per-stage figures: counts, errors, retries, latency percentiles (ms),
-        batch sizes and where each replica runs; under ``"autoscale"``, replicas and targets per
+        batch sizes, where each replica runs, the seconds calls held replicas (``replica_seconds``,
+        race losers' and hedges' included) and a hedged stage's ``hedge`` counts (``sent``,
+        ``won``, its threshold); under ``"autoscale"``, replicas and targets per
         stage, workers added and removed and the autoscaler's last decisions."""
         return self._loop.run(self._stats(), timeout=10)
 
@@ -231,6 +233,9 @@ class Deployment:
                 ],
                 "gpu": stage.gpu,
                 "competitive": stage.competitive,
+                "concurrent": stage.concurrent,
+                "hedge": None if srt.hedge is None else srt.hedge.summary(),
+                "replica_seconds": round(srt.replica_seconds, 6),
                 "batching": stage.batching.max_batch_size if stage.batching else None,
                 "locality": stage.locality,
                 "in_router": stage.in_router,

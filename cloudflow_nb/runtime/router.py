@@ -29,7 +29,7 @@ import asyncio
 import functools
 import uuid
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -439,8 +439,16 @@ class Router:
         lost.intersection_update(srt.replicas)
 
     async def _send(
-        self, srt: StageRuntime, replica: ReplicaRef, rid: str, inputs: Sequence[Output], deadline: float
+        self,
+        srt: StageRuntime,
+        replica: ReplicaRef,
+        rid: str,
+        inputs: Sequence[Output],
+        deadline: float,
+        releases: dict[ReplicaRef, Callable[[], None]] | None = None,
     ) -> tuple[Output | FlowError, int] | _Lost | _Full:
+        """One call to ``replica``; with ``releases``, it files there how to end the call's
+        in-flight accounting early (a race loser's, as its cancel goes out)."""
         remaining = deadline - asyncio.get_running_loop().time()
         if remaining <= 0:  # never start a call nobody will wait for
             raise asyncio.TimeoutError
@@ -448,10 +456,20 @@ class Router:
         srt.inflight[replica] = srt.inflight.get(replica, 0) + 1
         given_up = False
         sent = asyncio.get_running_loop().time()
+        held = True
+
+        def end() -> None:  # the call no longer holds a slot on its replica (once)
+            nonlocal held
+            if held:
+                held = False
+                srt.ended(replica)
+                srt.replica_seconds += asyncio.get_running_loop().time() - sent
+
+        if releases is not None:
+            releases[replica] = end
 
         def late(reply: asyncio.Future[Any] | None) -> None:  # the call ended after its request gave up
-            srt.ended(replica)
-            srt.replica_seconds += asyncio.get_running_loop().time() - sent
+            end()
             if reply is not None:
                 self._release_late(reply)
 
@@ -480,8 +498,7 @@ class Router:
             return error, 0
         finally:
             if not given_up:
-                srt.ended(replica)
-                srt.replica_seconds += asyncio.get_running_loop().time() - sent
+                end()
         status = reply["status"]
         if status in ("ok", "error"):
             srt.answered[replica] += 1
@@ -506,10 +523,11 @@ class Router:
     async def _race(
         self, srt: StageRuntime, racers: list[ReplicaRef], rid: str, inputs: Sequence[Output], deadline: float
     ) -> tuple[Output | FlowError, int] | _Lost | _Full:
+        releases = _releases(srt)
         calls: dict[asyncio.Future[Any], ReplicaRef] = {
-            asyncio.ensure_future(self._send(srt, r, rid, inputs, deadline)): r for r in racers
+            asyncio.ensure_future(self._send(srt, r, rid, inputs, deadline, releases)): r for r in racers
         }
-        result, _ = await self._first_of(calls, rid)
+        result, _ = await self._first_of(calls, rid, releases)
         return result
 
     async def _hedged(
@@ -522,27 +540,29 @@ class Router:
         deadline: float,
     ) -> tuple[Output | FlowError, int] | _Lost | _Full:
         """Call ``first``; when it has not answered after the policy's delay, send a second copy to
-        the least busy other replica with room, take the first answer and cancel the other."""
+        the least busy other replica with room (an idle one for a sync stage), take the first
+        answer and cancel the other."""
         loop = asyncio.get_running_loop()
         start = loop.time()
-        call = asyncio.ensure_future(self._send(srt, first, rid, inputs, deadline))
+        releases = _releases(srt)
+        call = asyncio.ensure_future(self._send(srt, first, rid, inputs, deadline, releases))
         calls: dict[asyncio.Future[Any], ReplicaRef] = {call: first}
         try:
             delay = policy.delay()
             if delay is not None:
                 await asyncio.wait([call], timeout=min(delay, max(0.0, deadline - start)))
             second = None
-            if not call.done():
-                room = with_room((r for r in srt.replicas if r != first), srt.inflight, srt.limit)
-                second = choose_replica(room, srt.inflight, srt.turn)
+            if not call.done():  # a sync stage's busy replica would only queue the copy
+                others = [r for r in srt.replicas if r != first and (srt.stage.concurrent or not srt.inflight.get(r))]
+                second = choose_replica(with_room(others, srt.inflight, srt.limit), srt.inflight, srt.turn)
             if second is None:
                 result = await call
                 if isinstance(result, tuple):
                     policy.observe(loop.time() - start)
                 return result
             policy.hedged()
-            calls[asyncio.ensure_future(self._send(srt, second, rid, inputs, deadline))] = second
-            result, winner = await self._first_of(calls, rid)
+            calls[asyncio.ensure_future(self._send(srt, second, rid, inputs, deadline, releases))] = second
+            result, winner = await self._first_of(calls, rid, releases)
             if isinstance(result, tuple):
                 policy.answered(by_hedge=winner is second)
                 policy.observe(loop.time() - start)
@@ -552,10 +572,16 @@ class Router:
                 call.cancel()
 
     async def _first_of(
-        self, calls: dict[asyncio.Future[Any], ReplicaRef], rid: str
+        self,
+        calls: dict[asyncio.Future[Any], ReplicaRef],
+        rid: str,
+        releases: dict[ReplicaRef, Callable[[], None]] | None,
     ) -> tuple[tuple[Output | FlowError, int] | _Lost | _Full, ReplicaRef | None]:
-        """The first answer among calls already sent and who gave it (the others are cancelled on
-        their replicas), or LOST / FULL when every call was lost or refused."""
+        """The first answer among calls already sent and who gave it, or LOST / FULL when every
+        call was lost or refused. The others are cancelled on their replicas; with ``releases``
+        (a concurrent stage, whose replica frees a cancelled call's slot at once), their slots
+        count as free here as soon as the cancel is sent: it travels on the same ordered
+        connection as any later call."""
         race = Race(list(calls.values()))
         waiting = set(calls)
         try:
@@ -569,6 +595,8 @@ class Router:
                     if isinstance(decision, Win):
                         for loser in decision.losers:
                             self._spawn(self.fast.call(loser.worker, "cf_cancel", replica=loser.id, requests=[rid]))
+                            if releases is not None and loser in releases:
+                                releases[loser]()
                         for other in waiting:
                             other.add_done_callback(self._discard)
                         waiting = set()
@@ -624,6 +652,11 @@ class Router:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         task.add_done_callback(_retrieve)
+
+
+def _releases(srt: StageRuntime) -> dict[ReplicaRef, Callable[[], None]] | None:
+    """Where a concurrent stage's calls file how to free their slots early (``None``: others)."""
+    return {} if srt.stage.concurrent else None
 
 
 async def _within(coro: Any, seconds: float) -> Any:

@@ -573,8 +573,8 @@ class Controller:
                 chosen = place_replicas(srt.stage, workers, [r.worker for r in srt.replicas], load, missing)
                 if len(chosen) < missing:
                     raise DeploymentError(
-                        f"scale: stage {stage!r} needs its replicas on distinct workers (it is competitive "
-                        f"or uses locality): {replicas} asked, {len(eligible)} workers suitable"
+                        f"scale: stage {stage!r} needs its replicas on distinct workers (it races plain sync "
+                        f"code or uses locality): {replicas} asked, {len(eligible)} workers suitable"
                     )
             await asyncio.gather(*(self._start(srt, w) for w in chosen))
         await self.report_hosts()

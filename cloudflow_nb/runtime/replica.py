@@ -29,7 +29,9 @@ map's coroutine runs on the worker's event loop. Such a call ends as soon as it 
 lost race) or its deadline passes: its coroutines get ``CancelledError`` and its slot is free at
 once; sync code still running in its thread is left to finish there, and its result is dropped.
 A replica keeps up to ``max_inflight`` such abandoned calls finishing beside the calls it holds;
-past that a new call waits for a thread.
+past that a new call waits for a thread. An async map fused with plain sync code (a stage that is
+not concurrent) runs in the replica's one thread with its coroutine on the loop, and is not
+cancelled mid-call.
 
 Admission: a replica holds at most ``StageSpec.max_inflight`` calls (running and queued); one more
 is refused at once (``"overload"``), and a call that cannot finish before its deadline (by the

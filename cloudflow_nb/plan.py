@@ -205,9 +205,8 @@ class Map(Node):
 
     @property
     def is_async(self) -> bool:
-        """Whether ``fn`` is an ``async def`` function or a class with an ``async def __call__``."""
-        call = self.fn.__call__ if self.is_class else self.fn
-        return inspect.iscoroutinefunction(call)
+        """Whether ``fn`` is an ``async def`` function, or a class or object with an ``async def __call__``."""
+        return inspect.iscoroutinefunction(self.fn) or inspect.iscoroutinefunction(self.fn.__call__)
 
     @property
     def concurrent(self) -> bool:

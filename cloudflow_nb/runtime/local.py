@@ -151,6 +151,19 @@ class LocalEngine:
         outs = [_call_user(node, fn, row, self.run_coroutine) for row in table]
         return Table(node.schema, [_merge(node, row, out) for row, out in zip(table, outs, strict=True)])
 
+    async def map_async(self, node: Map, table: Table) -> Table:
+        """An async (unbatched) map over ``table`` on the running event loop, row after row."""
+        fn = self.instance(node)
+        outs = []
+        for row in table:
+            try:
+                outs.append(await fn(row))
+            except FlowError:
+                raise
+            except Exception as exc:
+                raise _user_error(node, row, exc) from exc
+        return Table(node.schema, [_merge(node, row, out) for row, out in zip(table, outs, strict=True)])
+
     def _batched_map(
         self, node: Map, live: list[int], values: list[dict[int, Table]], errors: list[FlowError | None]
     ) -> None:
@@ -263,7 +276,11 @@ def _call_user(
     except FlowError:
         raise
     except Exception as exc:
-        raise OperatorError(f"{node.title} failed on qid {row.qid}: {type(exc).__name__}: {exc}", node.title) from exc
+        raise _user_error(node, row, exc) from exc
+
+
+def _user_error(node: Map | Filter, row: Row, exc: Exception) -> OperatorError:
+    return OperatorError(f"{node.title} failed on qid {row.qid}: {type(exc).__name__}: {exc}", node.title)
 
 
 def _verdict(node: Filter, kept: Any, row: Row) -> bool:

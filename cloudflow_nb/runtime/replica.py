@@ -24,8 +24,9 @@ each took under ``INLINE_BUDGET`` (a filter, a lookup, a cheap transform) runs i
 worker's event loop, and goes back to its thread the first time a batch takes longer.
 
 A concurrent stage (``StageSpec.concurrent``: its maps are async or declared ``releases_gil``)
-runs without a batching queue: each call starts at once in a thread of its own, and an async
-map's coroutine runs on the worker's event loop. Such a call ends as soon as it is cancelled (a
+runs without a batching queue: each call starts at once, on the worker's event loop for a stage
+that is one async map (no thread at all), else in a thread of its own, an async map's coroutine
+then running on the event loop. Such a call ends as soon as it is cancelled (a
 lost race) or its deadline passes: its coroutines get ``CancelledError`` and its slot is free at
 once; sync code still running in its thread is left to finish there, and its result is dropped.
 A replica keeps up to ``max_inflight`` such abandoned calls finishing beside the calls it holds;
@@ -113,7 +114,7 @@ class _Call:
     deadline: float
     future: asyncio.Future[Any] = field(repr=False)
     started: float = 0.0
-    coroutines: list[concurrent.futures.Future[Any]] = field(default_factory=list, repr=False)
+    coroutines: list[concurrent.futures.Future[Any] | asyncio.Future[Any]] = field(default_factory=list, repr=False)
 
 
 class Replica:
@@ -128,7 +129,8 @@ class Replica:
         self.device = device
         self.slots = spec.slots
         self.engine = LocalEngine(store=store, run_coroutine=self._await)
-        self._alone = spec.concurrent and spec.batching is None  # each call in its own thread
+        self._alone = spec.concurrent and spec.batching is None  # each call on its own
+        self._direct = _one_async_map(spec.program) if self._alone else None  # ... on the loop
         limit = spec.max_inflight or CONCURRENT_LIMIT
         threads = 2 * limit if self._alone else 1  # the calls held, and as many abandoned ones
         self.executor = ThreadPoolExecutor(threads, thread_name_prefix=f"cf-{spec.name}")
@@ -191,7 +193,12 @@ class Replica:
         item.started = loop.time()
         self.active += 1
         self._running.add(item)
-        job = loop.run_in_executor(self.executor, self._run_one, item)
+        job: asyncio.Future[Table | FlowError]
+        if self._direct is not None:
+            job = asyncio.ensure_future(self._run_direct(self._direct, item))
+            item.coroutines.append(job)
+        else:
+            job = loop.run_in_executor(self.executor, self._run_one, item)
         job.add_done_callback(lambda j: self._answered(item, j))
         timer = loop.call_at(item.deadline, self._end, item, EXPIRED)
         try:
@@ -200,6 +207,14 @@ class Replica:
             timer.cancel()
             self.active -= 1
             self._running.discard(item)
+
+    async def _run_direct(self, node: Map, item: _Call) -> Table | FlowError:
+        (table,) = item.bindings.values()
+        with using_device(self.device):
+            try:
+                return await self.engine.map_async(node, table)
+            except FlowError as exc:
+                return exc
 
     def _run_one(self, item: _Call) -> Table | FlowError:
         self._thread.call = item
@@ -502,6 +517,13 @@ class CloudflowWorker(WorkerPlugin):
 
 def _has_async(program: Node) -> bool:
     return any(isinstance(n, Map) and n.is_async for n in walk(program))
+
+
+def _one_async_map(program: Node) -> Map | None:
+    """The program's map when it is one unbatched async map over its input slot."""
+    if isinstance(program, Map) and program.is_async and not program.batching:
+        return program if isinstance(program.child, StageInput) else None
+    return None
 
 
 def _peek(table: Table, columns: list[str]) -> dict[str, Any]:

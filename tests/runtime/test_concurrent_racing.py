@@ -103,8 +103,17 @@ def test_async_stage_races_three_on_two_workers_and_cancels_its_losers(serving_c
             assert _wait_for(tmp_path, "cancelled", f"k{i}", 2) == 2
 
 
-def test_an_async_call_is_cancelled_at_its_deadline(serving_cluster, tmp_path):
-    flow = cf.Flow("d", x=int, dir=str, key=str).map(never_answers, names={"x": int})
+def prep(row):
+    return row["x"]
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["alone on the loop", "fused, from a thread"])
+def test_an_async_call_is_cancelled_at_its_deadline(serving_cluster, tmp_path, fused):
+    flow = cf.Flow("d", x=int, dir=str, key=str)
+    if fused:  # one stage of a GIL-releasing sync map and the async one: its thread awaits the coroutine
+        flow = flow.map(prep, names={"x": int}, releases_gil=True)
+    flow = flow.map(never_answers, names={"x": int})
+    assert len(flow.optimize().stages) == 1
     with serving_cluster.deploy(flow) as dep:
         with pytest.raises(cf.FlowTimeoutError):
             dep.predict({"x": 1, "dir": str(tmp_path), "key": "late"}, timeout=1.0)

@@ -11,9 +11,9 @@ facts (research/dask.md 2.8 and 3.5):
 
 - a stage is saturated when its mean in-flight calls per replica reach ``target_inflight`` on
   ``up_after`` ticks in a row; it then grows to ``ceil(inflight / target_inflight)`` replicas
-  (at most ``max_replicas``; at most one per suitable worker for a competitive or locality
-  stage), placed on the least loaded suitable worker with room (GPU stages on GPU-tagged workers
-  only; a competitive or locality stage never twice on one worker);
+  (at most ``max_replicas``; at most one per suitable worker for a locality stage or a
+  competitive one of plain sync code), placed on the least loaded suitable worker with room (GPU
+  stages on GPU-tagged workers only; those stages never twice on one worker);
 - a worker has room for ``replicas_per_worker`` replicas per thread; when no suitable worker has
   room the policy asks for one more worker of the right kind (one request at a time per kind, at
   most ``max_workers`` added);

@@ -162,7 +162,7 @@ class Deployment:
         Every ``interval`` seconds a stage whose calls in flight per replica reach
         ``target_inflight`` gains replicas (up to ``max_replicas``), built and warm before any call
         reaches them, on a suitable worker with room (``replicas_per_worker`` per thread; GPU
-        stages on GPU-tagged workers; a competitive stage once per worker). When no worker has
+        stages on GPU-tagged workers; a competitive stage of plain sync code once per worker). When no worker has
         room the cluster is asked for one more (a ``cf.LocalCluster`` starts it; a connected
         cluster whose client has a scalable ``.cluster`` is scaled; otherwise the decision is
         recorded). A stage idle for ``scale_down_after`` seconds loses one replica at a time, never

@@ -50,8 +50,9 @@ async def first_fast(row):
 async def never_answers(row):
     try:
         await asyncio.sleep(SLOW)
-    finally:
+    except asyncio.CancelledError:
         _mark(row, "cancelled")
+        raise
     return 0
 
 

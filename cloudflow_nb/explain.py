@@ -60,6 +60,8 @@ def _(node: Map) -> list[str]:
     out = []
     if node.is_class:
         out.append("class")
+    if node.is_async:
+        out.append("async")
     out += [f for f in ("batching", "gpu", "high_variance", "releases_gil") if getattr(node, f)]
     return out
 

@@ -56,3 +56,10 @@ def test_async_maps_run_from_a_running_event_loop():
 
     assert asyncio.run(inside())[0]["y"] == 5
     assert flow.optimize().stages[0].concurrent
+
+
+def test_explain_marks_async_and_gil_releasing_maps():
+    flow = cf.Flow("e", x=int).map(add_one, names={"y": int}).map(lambda r: 1, names={"z": int}, releases_gil=True)
+    text = flow.explain(optimized=False)
+    assert "map add_one (n0) [async]" in text
+    assert "[releases_gil]" in text

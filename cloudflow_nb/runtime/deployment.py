@@ -22,6 +22,7 @@ from cloudflow_nb.runtime.autoscale import Autoscale
 from cloudflow_nb.runtime.controller import Controller, WorkerScaler
 from cloudflow_nb.runtime.registry import valid_name
 from cloudflow_nb.runtime.router import DEFAULT_QUEUE, Router, stage_runtimes
+from cloudflow_nb.runtime.routing import choose_racers
 from cloudflow_nb.table import Table
 
 if TYPE_CHECKING:
@@ -218,7 +219,8 @@ class Deployment:
         """Per-request and per-stage figures: counts, errors, retries, latency percentiles (ms),
         batch sizes, where each replica runs, the seconds calls held replicas (``replica_seconds``,
         race losers' and hedges' included) and a hedged stage's ``hedge`` counts (``sent``,
-        ``won``, its threshold); under ``"autoscale"``, replicas and targets per
+        ``won``, its threshold), and for a competitive stage the ``racers`` a call gets (fewer than
+        asked when a plain sync stage has fewer suitable workers); under ``"autoscale"``, replicas and targets per
         stage, workers added and removed and the autoscaler's last decisions."""
         return self._loop.run(self._stats(), timeout=10)
 
@@ -234,6 +236,9 @@ class Deployment:
                 "gpu": stage.gpu,
                 "competitive": stage.competitive,
                 "concurrent": stage.concurrent,
+                "racers": len(choose_racers(srt.replicas, {}, stage.replicas, shared=stage.concurrent))
+                if stage.competitive
+                else None,
                 "hedge": None if srt.hedge is None else srt.hedge.summary(),
                 "replica_seconds": round(srt.replica_seconds, 6),
                 "batching": stage.batching.max_batch_size if stage.batching else None,

@@ -93,7 +93,7 @@ def test_async_stage_races_three_on_two_workers_and_cancels_its_losers(serving_c
     with serving_cluster.deploy(_flow(first_fast), optimize=cf.Optimize(compete=3)) as dep:
         stage = dep.stats()["stages"]["s"]
         assert (stage["concurrent"], stage["competitive"]) == (True, True)
-        assert len(stage["replicas"]) == 3
+        assert (len(stage["replicas"]), stage["racers"]) == (3, 3)
         assert len({r["worker"] for r in stage["replicas"]}) == 2
         for i in range(4):  # back to back: every race gets its 3 racers, the losers' slots free at once
             start = time.monotonic()
@@ -102,6 +102,12 @@ def test_async_stage_races_three_on_two_workers_and_cancels_its_losers(serving_c
             assert time.monotonic() - start < SLOW / 2
             assert _wait_for(tmp_path, "started", f"k{i}", 3) == 3
             assert _wait_for(tmp_path, "cancelled", f"k{i}", 2) == 2
+
+
+def test_plain_sync_racers_need_a_worker_each(serving_cluster):
+    with serving_cluster.deploy(_flow(inc), optimize=cf.Optimize(compete=3)) as dep:
+        stage = dep.stats()["stages"]["s"]
+        assert (stage["concurrent"], len(stage["replicas"]), stage["racers"]) == (False, 2, 2)
 
 
 def prep(row):

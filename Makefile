@@ -1,16 +1,22 @@
-# The two set-up commands: `make demo` and `make test` each set everything up on a fresh machine.
+# The two set-up commands: `make demo` and `make test` each set up what they need on a fresh machine
+# (the demo: the package, torch and the examples' extra; the tests: everything, Chromium included).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+DEMO_STAMP := $(VENV)/.installed-demo
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench setup dot chromium lint clean
+.PHONY: demo test bench lab setup dot chromium lint clean
 
-demo: setup
+demo: $(DEMO_STAMP)
 	$(PY) -m cloudflow_nb.examples.demo
 
 test: setup
 	$(PY) -m pytest -q
+
+# JupyterLab on the notebooks (tutorials and pipelines); open the URL it prints
+lab: setup
+	$(VENV)/bin/jupyter lab notebooks/
 
 bench: setup
 	$(PY) benchmarks/run_all.py
@@ -21,12 +27,16 @@ lint: setup
 
 setup: $(STAMP) dot chromium
 
-$(STAMP): pyproject.toml Makefile
+$(DEMO_STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch 2.13.0 has a local CPU wheel on these machines; a bare "torch" would pull a CUDA build
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[test,examples,dev,browser]"
+	$(PY) -m pip install -q -e ".[examples]"
+	touch $(DEMO_STAMP)
+
+$(STAMP): $(DEMO_STAMP)
+	$(PY) -m pip install -q -e ".[test,examples,dev,browser,notebook]"
 	touch $(STAMP)
 
 # $(call apt_need,CHECK,PACKAGE,WITHOUT IT): install a Debian package when CHECK fails and we may

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from cloudflow_nb.errors import DeploymentError, FlowError, FlowTimeoutError, OverloadError
 from cloudflow_nb.physical import SOURCE, Plan, Stage
 from cloudflow_nb.plan import AnyOf, Node, StageInput
-from cloudflow_nb.runtime.admission import Ewma, default_limit, expected_wait, retry_after, with_room
+from cloudflow_nb.runtime.admission import Ewma, default_limit, expected_wait, in_time, retry_after, with_room
 from cloudflow_nb.runtime.comm import worker_gone
 from cloudflow_nb.runtime.fastpath import fast_pool
 from cloudflow_nb.runtime.hedging import HedgePolicy
@@ -340,7 +340,7 @@ class Router:
                         if tasks[name] is task:
                             ready[i] = task.result().table  # type: ignore[assignment]
             if not ready:
-                srt.stats.record(loop.time() - start, ok=False)
+                srt.stats.record(loop.time() - start, ok=False, kind=type(errors[0]).__name__)
                 raise errors[0]
         program = rewrite(stage.program, lambda node: _first_ready(node, set(ready)))
         slots = {n.slot: n for n in walk(program) if isinstance(n, StageInput)}
@@ -389,7 +389,8 @@ class Router:
                 srt.stats.retries += 1
                 continue
             outcome, batch = result
-            srt.stats.record(loop.time() - start, not isinstance(outcome, FlowError), batch)
+            failed = isinstance(outcome, FlowError)
+            srt.stats.record(loop.time() - start, not failed, batch, type(outcome).__name__ if failed else None)
             srt.latency.add(loop.time() - start)
             if isinstance(outcome, FlowError):
                 raise outcome
@@ -403,7 +404,7 @@ class Router:
             if len(srt.waiting) >= srt.max_queue:
                 raise self._overloaded(srt, replicas, "its queue is full")
             wait = expected_wait(len(srt.waiting), srt.latency.value, replicas * srt.limit)
-            if wait + srt.latency.value > remaining:
+            if not in_time(wait, srt.latency.value, remaining):
                 raise self._overloaded(
                     srt, replicas, f"it would not answer within the request's {remaining:.2f} s left"
                 )

@@ -25,8 +25,8 @@ class Optimize:
         Hedge operators marked ``high_variance`` instead of racing them: a call goes to one
         replica, and a second copy to another only when the first has not answered after this
         long: a percentile of the stage's own recent latency (``"p90"``, ``"p99.5"``) or a number
-        of milliseconds. The first answer wins and the other copy is cancelled. ``None`` (the
-        default) races as ``compete`` says.
+        of milliseconds. The first answer wins and the other copy is cancelled. Such a stage has
+        ``max(2, compete)`` replicas. ``None`` (the default) races as ``compete`` says.
     batching : bool
         Batch concurrent requests for operators marked ``batching``.
     max_batch_size, max_batch_wait_ms

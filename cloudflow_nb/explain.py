@@ -61,7 +61,9 @@ def _(node: Map) -> list[str]:
     out = []
     if node.is_class:
         out.append("class")
-    out += [f for f in ("batching", "gpu", "high_variance") if getattr(node, f)]
+    if node.is_async:
+        out.append("async")
+    out += [f for f in ("batching", "gpu", "high_variance", "releases_gil") if getattr(node, f)]
     return out
 
 
@@ -120,6 +122,9 @@ def stage_traits(stage: Stage) -> list[str]:
         out = ["router"]
     if stage.competitive:
         out.append(f"race x{stage.replicas}")
+    elif stage.hedge_after is not None:
+        after = stage.hedge_after
+        out.append(f"hedge x{stage.replicas} after {after if isinstance(after, str) else f'{after:g}ms'}")
     elif stage.replicas != 1:
         out.append(f"replicas={stage.replicas}")
     if stage.batching:

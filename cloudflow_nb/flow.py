@@ -98,6 +98,7 @@ class Flow:
         batching: bool = False,
         gpu: bool = False,
         high_variance: bool = False,
+        releases_gil: bool = False,
         name: str | None = None,
     ) -> Flow:
         """Add or replace the ``names`` columns with ``fn(row)``.
@@ -107,8 +108,16 @@ class Flow:
         name, else a tuple or a dict. With ``batching=True`` it takes a list of rows and returns a
         list of results in order. ``gpu=True`` places it on GPU-tagged workers;
         ``high_variance=True`` lets the optimizer race replicas of it.
+
+        ``fn`` may be an ``async def`` function (or a class with an ``async def __call__``): it
+        then runs on the replica's event loop, many calls at once, and is cancelled for real
+        when it loses a race or misses its deadline. ``releases_gil=True`` declares a sync ``fn``
+        that spends its time outside the GIL (I/O, sleeping, native code) and is safe to call
+        from several threads at once: several of its replicas may share a worker, and a call
+        that lost a race is left to finish in the background instead of holding its replica.
         """
-        return self._wrap(Map(self._node, fn, _normalize_names(names), batching, gpu, high_variance, name))
+        node = Map(self._node, fn, _normalize_names(names), batching, gpu, high_variance, name, releases_gil)
+        return self._wrap(node)
 
     def filter(self, pred: Any, *, name: str | None = None) -> Flow:
         """Keep the rows for which ``pred(row)`` is true."""

@@ -8,7 +8,7 @@ optimizer in :mod:`cloudflow_nb.optimize` groups them into physical stages.
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 from cloudflow_nb.errors import SchemaError
@@ -185,12 +185,13 @@ class Map(Node):
     gpu: bool = False
     high_variance: bool = False
     name: str | None = None
+    releases_gil: bool = False
 
     def __post_init__(self) -> None:
         if not callable(self.fn):
             raise SchemaError(f"map: fn must be a function or a class, got {type(self.fn).__name__}")
         _check_names(f"map {self.label!r}", self.names)
-        for flag in ("batching", "gpu", "high_variance"):
+        for flag in ("batching", "gpu", "high_variance", "releases_gil"):
             if not isinstance(getattr(self, flag), bool):
                 raise SchemaError(f"map {self.label!r}: {flag} must be True or False")
         self._set_schema(self.child.schema.with_columns(dict(self.names)))
@@ -209,13 +210,23 @@ class Map(Node):
         return inspect.isclass(self.fn)
 
     @property
+    def is_async(self) -> bool:
+        """Whether ``fn`` is an ``async def`` function, or a class or object with an ``async def __call__``."""
+        return inspect.iscoroutinefunction(self.fn) or inspect.iscoroutinefunction(self.fn.__call__)
+
+    @property
+    def concurrent(self) -> bool:
+        """Whether several calls may run at once in one process: async, or declared ``releases_gil``."""
+        return self.is_async or self.releases_gil
+
+    @property
     def output_names(self) -> tuple[str, ...]:
         """The columns this map writes."""
         return tuple(n for n, _ in self.names)
 
     def replace_children(self, children: tuple[Node, ...]) -> Node:
         (child,) = children
-        return Map(child, self.fn, self.names, self.batching, self.gpu, self.high_variance, self.name)
+        return replace(self, child=child)
 
 
 @dataclass(frozen=True, eq=False)

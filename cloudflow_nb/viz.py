@@ -59,7 +59,7 @@ def label(*parts: str) -> Any:
 def _node_lines(node: Node) -> list[str]:
     title = node.kind
     if isinstance(node, Map):
-        extra = [f for f in ("batching", "gpu", "high_variance") if getattr(node, f)]
+        extra = [f for f in ("batching", "gpu", "high_variance", "releases_gil") if getattr(node, f)]
         if extra:
             title += " [" + ", ".join(extra) + "]"
     elif isinstance(node, Lookup) and node.dynamic:

@@ -27,13 +27,18 @@ import numpy as np
 import cloudflow_nb as cf
 from cloudflow_nb.examples import imagenet
 
-__all__ = ["EXPENSIVE", "THRESHOLD", "flow", "photos", "pick_best", "preprocess", "requests", "setup"]
+__all__ = ["EXPENSIVE", "SUBSTITUTIONS", "THRESHOLD", "flow", "photos", "pick_best", "preprocess", "requests", "setup"]
 
 THRESHOLD = 0.85
 """The paper's confidence threshold: below it, an image also goes to the expensive model."""
 EXPENSIVE = {"resnet101": imagenet.ResNet101, "resnet50": imagenet.ResNet50}
 """The expensive classifiers ``flow`` accepts, all with random weights."""
 _PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
+SUBSTITUTIONS = (
+    "cheap model: MobileNetV2 with torchvision's real ImageNet weights (the paper: ResNet-101); expensive "
+    "model: ResNet-101 with random weights (the paper: Inception-v3; compute-faithful, its answers never win); "
+    "requests: photos bundled with scikit-image"
+)
 
 
 def preprocess(row: Any) -> np.ndarray:

@@ -55,6 +55,7 @@ from cloudflow_nb.examples.assets import Asset, fetch
 __all__ = [
     "MAX_FRAMES",
     "MODELS",
+    "SUBSTITUTIONS",
     "VIDEO",
     "CropClassifier",
     "PeopleDetector",
@@ -72,6 +73,10 @@ VIDEO = Asset(
     "usr/share/doc/opencv-doc/examples/data/vtest.avi",
 )
 VIDEO_FRAMES = 795
+SUBSTITUTIONS = (
+    "detector: OpenCV's HOG people detector (the paper: YOLOv3; no car branch, no car detector works offline); "
+    "crops: MobileNetV2 with real ImageNet weights (the paper: ResNet-101); frames: vtest.avi from Debian's opencv-doc"
+)
 MAX_FRAMES = 300
 """The most frames one request may carry (the paper sends 30)."""
 MAX_SIDE = 4096

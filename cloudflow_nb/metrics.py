@@ -21,6 +21,9 @@ metric                                   type       labels
 ``cloudflow_stage_queue_depth``          gauge      flow, stage
 ``cloudflow_stage_inflight``             gauge      flow, stage
 ``cloudflow_stage_replicas``             gauge      flow, stage, worker, device
+``cloudflow_stage_replica_seconds_total`` counter   flow, stage (time calls held replicas: racing's cost)
+``cloudflow_stage_hedges_sent_total``    counter    flow, stage (hedged stages only)
+``cloudflow_stage_hedges_won_total``     counter    flow, stage (the hedge answered first)
 ``cloudflow_http_requests_total``        counter    path, status
 =======================================  =========  ============================================
 """
@@ -107,9 +110,18 @@ def _stage_families(flow: str, stages: dict[str, Any]) -> list[Metric]:
     replicas = GaugeMetricFamily(
         "cloudflow_stage_replicas", "Live replicas per worker and device", labels=[*labels, "worker", "device"]
     )
+    cost = CounterMetricFamily(
+        "cloudflow_stage_replica_seconds", "Seconds calls held replicas, racers and hedges included", labels=labels
+    )
+    hedges = CounterMetricFamily("cloudflow_stage_hedges_sent", "Second copies sent to a late call", labels=labels)
+    won = CounterMetricFamily("cloudflow_stage_hedges_won", "Hedges that answered first", labels=labels)
     for name, stage in stages.items():
         key = [flow, name]
         calls.add_metric(key, stage["count"])
+        cost.add_metric(key, stage.get("replica_seconds", 0.0))
+        if stage.get("hedge"):
+            hedges.add_metric(key, stage["hedge"]["sent"])
+            won.add_metric(key, stage["hedge"]["won"])
         for kind, n in sorted(stage["error_kinds"].items()):
             errors.add_metric([*key, kind], n)
         rejected.add_metric(key, stage["rejected"])
@@ -125,7 +137,7 @@ def _stage_families(flow: str, stages: dict[str, Any]) -> list[Metric]:
             placed[where] = placed.get(where, 0) + 1
         for (worker, device), n in sorted(placed.items()):
             replicas.add_metric([*key, worker, device], n)
-    return [calls, errors, rejected, retries, latency, batches, queued, inflight, replicas]
+    return [calls, errors, rejected, retries, latency, batches, queued, inflight, replicas, cost, hedges, won]
 
 
 def _latency_buckets(histogram: dict[str, Any]) -> tuple[list[tuple[str, float]], float]:

@@ -40,7 +40,12 @@ def fake_stats():
     return {
         "flow": "demo",
         "requests": requests.summary(),
-        "stages": {"model": stage(model), "pre": stage(Recorder(), replicas=[])},
+        "stages": {
+            "model": stage(
+                model, replica_seconds=1.5, hedge={"after": "p90", "threshold_ms": 12.0, "sent": 7, "won": 3}
+            ),
+            "pre": stage(Recorder(), replicas=[], replica_seconds=0.25, hedge=None),
+        },
         "lease": {"lost": None},
     }
 
@@ -95,6 +100,16 @@ def test_stage_figures():
     assert value(samples, "cloudflow_stage_replicas", worker="tcp://127.0.0.1:1", device="cpu", **key) == 2
     assert value(samples, "cloudflow_stage_replicas", worker="tcp://127.0.0.1:2", device="cuda:0", **key) == 1
     assert ("cloudflow_stage_batch_size_count", (("flow", "demo"), ("stage", "pre"))) not in samples
+
+
+def test_racing_cost_and_hedges():
+    samples = scrape(fake_stats())
+    key = {"flow": "demo", "stage": "model"}
+    assert value(samples, "cloudflow_stage_replica_seconds_total", **key) == 1.5
+    assert value(samples, "cloudflow_stage_replica_seconds_total", flow="demo", stage="pre") == 0.25
+    assert value(samples, "cloudflow_stage_hedges_sent_total", **key) == 7
+    assert value(samples, "cloudflow_stage_hedges_won_total", **key) == 3
+    assert ("cloudflow_stage_hedges_sent_total", (("flow", "demo"), ("stage", "pre"))) not in samples  # not hedged
 
 
 def test_http_answers_and_a_closed_deployment():

@@ -19,12 +19,23 @@ from typing import TypeVar
 
 from cloudflow_nb.physical import Stage
 
-__all__ = ["DEFAULT_LIMIT", "Ewma", "default_limit", "expected_wait", "in_time", "retry_after", "with_room"]
+__all__ = [
+    "CONCURRENT_LIMIT",
+    "DEFAULT_LIMIT",
+    "Ewma",
+    "default_limit",
+    "expected_wait",
+    "in_time",
+    "retry_after",
+    "with_room",
+]
 
 R = TypeVar("R")
 
 # Calls a replica of an unbatched stage holds at once: one running, the rest queued behind it.
 DEFAULT_LIMIT = 4
+# Calls a replica of a concurrent stage (async, or releases_gil) runs at once.
+CONCURRENT_LIMIT = 32
 
 # Share of a request's time left that its expected wait and run may fill: the estimate runs on a
 # moving average, and a call admitted right at its deadline times out on the first slow neighbour.
@@ -33,7 +44,8 @@ HEADROOM = 0.8
 
 def default_limit(stage: Stage) -> int:
     """Calls one replica of ``stage`` may hold at once: two full batches for batching stages
-    (one running, one forming), else :data:`DEFAULT_LIMIT`.
+    (one running, one forming), :data:`CONCURRENT_LIMIT` for concurrent ones (async or
+    ``releases_gil``: all of them run at once), else :data:`DEFAULT_LIMIT`.
 
     Examples
     --------
@@ -44,7 +56,7 @@ def default_limit(stage: Stage) -> int:
     """
     if stage.batching is not None:
         return max(DEFAULT_LIMIT, 2 * stage.batching.max_batch_size)
-    return DEFAULT_LIMIT
+    return CONCURRENT_LIMIT if stage.concurrent else DEFAULT_LIMIT
 
 
 def with_room(replicas: Iterable[R], inflight: Mapping[R, int], limit: int) -> list[R]:

@@ -15,8 +15,8 @@ contexts of the cluster's Dask ``Security`` (the worker's listen context, the ca
 context); other schemes keep every call on Dask comms. When a worker's fast port is unknown or
 cannot be reached, the call goes over Dask comms instead, so correctness never depends on this
 module; a connection lost mid-call fails that call with an ``OSError``, exactly like a broken
-Dask comm. Worker-to-worker fetches of kept outputs stay on Dask comms: they carry tables over
-``INLINE_LIMIT``, where Dask's out-of-band buffers beat a pickle copy.
+Dask comm. Worker-to-worker fetches of kept outputs stay on Dask comms (tables over
+``INLINE_LIMIT``, their arrays in Dask's own out-of-band frames).
 
 Security: each worker's server holds a random 32-byte secret of its own, handed out only over
 Dask comms (``cf_fast``, with the port: the trust Dask already asks, since whoever can call a
@@ -548,11 +548,10 @@ class FastPool:
 
     async def call(self, worker: str, op: str, bulky: bool = False, on_late: Late | None = None, **kwargs: Any) -> Any:
         """``op(**kwargs)`` on ``worker``: over its fast connection when there is one, else over
-        Dask comms. ``bulky`` calls (megabytes of arrays) take Dask comms, whose out-of-band
-        buffers skip the copies a pickled frame makes, and so do requests or replies over the
-        fast path's cap (such a reply's call runs again there). A connection lost mid-call raises
-        ``ConnectionResetError`` (an ``OSError``, like a broken Dask comm); the next call
-        reconnects.
+        Dask comms. ``bulky`` calls (megabytes of payload) take Dask comms, and so do requests or
+        replies over the fast path's cap (such a reply's call runs again there). A connection lost
+        mid-call raises ``ConnectionResetError`` (an ``OSError``, like a broken Dask comm); the
+        next call reconnects.
 
         ``on_late`` is for a caller that gives up early (its task is cancelled): it is called
         once the call has really ended, with the future of the late reply (when the worker still

@@ -240,17 +240,17 @@ class FrameReader:
             total = HEADER.size + size
             have = self._end - self._start
             if have >= total:
-                frames.append(split_frame(bytearray(scratch[self._start : self._start + total])))
+                frames.append(split_frame(scratch[self._start : self._start + total]))  # a copy
                 self._start += total
                 continue
             if total > len(scratch):  # read the rest straight into the frame's own buffer
                 self._frame = bytearray(total)
-                self._frame[:have] = scratch[self._start : self._end]
+                self._frame[:have] = memoryview(scratch)[self._start : self._end]
                 self._filled = have
                 self._start = self._end = 0
             break
         if self._start:  # keep the incomplete rest at the front
             rest = self._end - self._start
-            scratch[:rest] = scratch[self._start : self._end]
+            scratch[:rest] = scratch[self._start : self._end]  # a copy: the two may overlap
             self._start, self._end = 0, rest
         return frames

@@ -27,8 +27,7 @@ import pickle
 import struct
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from distributed.protocol import pickle as dask_pickle
 from distributed.protocol.serialize import Serialize
@@ -53,6 +52,8 @@ __all__ = [
 HEADER = struct.Struct("!QQ")  # payload length, request id
 TABLE = struct.Struct("!IQ")  # buffer count, pickle length
 LENGTH = struct.Struct("!Q")
+_START = struct.Struct("!QQIQ")  # the header and the buffer table's start, packed at once
+_BLANK = bytes(_START.size)
 ALIGN = 64  # bytes: where each out-of-band buffer starts, counted from the frame's start
 OUT_OF_BAND_MIN = 4096  # bytes: smaller buffers are cheaper inside the pickle
 MAX_BUFFERS = 1024  # out-of-band buffers in one frame (more stay inside the pickle)
@@ -73,8 +74,7 @@ class FrameError(ValueError):
     """A frame whose buffer table does not describe its payload (refused before unpickling)."""
 
 
-@dataclass(frozen=True)
-class Frame:
+class Frame(NamedTuple):
     """One received frame: its request id, its pickle and its out-of-band buffers."""
 
     rid: int
@@ -118,9 +118,13 @@ def encode_frame(rid: int, obj: Any) -> list[Piece]:
         return False
 
     head = io.BytesIO()
-    head.write(bytes(HEADER.size + TABLE.size))
+    head.write(_BLANK)
     _Pickler(head, protocol=5, buffer_callback=out_of_band).dump(obj)
     pickled = head.tell() - HEADER.size - TABLE.size
+    if not buffers:  # the common case: one piece
+        first = head.getbuffer()
+        _START.pack_into(first, 0, len(first) - HEADER.size, rid, 0, pickled)
+        return [first]
     for buf in buffers:
         head.write(LENGTH.pack(buf.nbytes))
     pieces: list[Piece] = []
@@ -155,13 +159,16 @@ def write_frame(transport: asyncio.WriteTransport, pieces: list[Piece]) -> None:
 def split_frame(frame: bytearray | memoryview) -> Frame:
     """The :class:`Frame` in ``frame`` (header included); :class:`FrameError` when its buffer table lies."""
     view = memoryview(frame)
-    size, rid = HEADER.unpack_from(view)
-    end = HEADER.size + size
-    if size < TABLE.size or len(view) != end:
-        raise FrameError(f"a frame of {size} bytes is too short for its buffer table")
-    count, pickled = TABLE.unpack_from(view, HEADER.size)
-    start = HEADER.size + TABLE.size
+    end = len(view)
+    if end < _START.size:
+        raise FrameError(f"a frame of {end - HEADER.size} bytes is too short for its buffer table")
+    size, rid, count, pickled = _START.unpack_from(view)
+    if size != end - HEADER.size:
+        raise FrameError(f"a frame of {end - HEADER.size} bytes announced {size}")
+    start = _START.size
     table = start + pickled
+    if count == 0 and table == end:  # the common case: no buffers
+        return Frame(rid, view[start:])
     if count > MAX_BUFFERS or table + count * LENGTH.size > end:
         raise FrameError(f"a frame of {size} bytes cannot hold {count} buffers after a {pickled}-byte pickle")
     offset = table + count * LENGTH.size

@@ -200,6 +200,8 @@ def test_a_tls_server_serves_tls_clients_only() -> None:
             assert await asyncio.gather(*(conn.request("echo", {"x": i, "delay": 0}) for i in range(20))) == list(
                 range(20)
             )
+            big = np.arange(300_000, dtype=np.float64)  # its buffer beside the pickle, encrypted like the rest
+            np.testing.assert_array_equal(await conn.request("echo", {"x": big, "delay": 0}), big)
             conn.close()
             with pytest.raises(OSError, match="handshake"):  # plain TCP against TLS: nothing completes
                 await open_connection("127.0.0.1", port, server.key, settings=FastSettings(handshake_timeout=2))

@@ -8,12 +8,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
 import cloudflow_nb as cf
 from cloudflow_nb.runtime.wire import INLINE_LIMIT, decode_table
-
-torch.set_num_threads(1)
 
 pytestmark = pytest.mark.cluster
 
@@ -30,30 +27,37 @@ def _chain(tp: type, maps: int) -> cf.Flow:
 
 
 def _equal(got: Any, sent: Any) -> bool:
-    if isinstance(sent, torch.Tensor):
-        return type(got) is torch.Tensor and got.dtype == sent.dtype and torch.equal(got, sent)
-    return isinstance(got, np.ndarray) and got.dtype == sent.dtype and np.array_equal(got, sent)
+    if isinstance(sent, np.ndarray):
+        return isinstance(got, np.ndarray) and got.dtype == sent.dtype and np.array_equal(got, sent)
+    import torch
+
+    return type(got) is torch.Tensor and got.dtype == sent.dtype and torch.equal(got, sent)
 
 
-NUMPY = [
-    np.arange(12, dtype=np.int8),
-    np.arange(64_000, dtype=np.float64),  # 500 KB: over INLINE_LIMIT
-    np.arange(120_000, dtype=np.float32).reshape(300, 400).T,  # non-contiguous
-    np.zeros((0, 3)),
-    np.arange(300_000, dtype=np.float64),  # 2.4 MB: a bulky call, over Dask comms
-]
-TORCH = [
-    torch.arange(12, dtype=torch.int16),
-    torch.arange(128_000, dtype=torch.float32),
-    torch.arange(60_000, dtype=torch.float64).reshape(200, 300).t(),
-    torch.zeros(0, 3),
-    torch.arange(600_000, dtype=torch.float32),
-]
+def _numpy() -> tuple[type, list[Any]]:
+    return np.ndarray, [
+        np.arange(12, dtype=np.int8),
+        np.arange(64_000, dtype=np.float64),  # 500 KB: over INLINE_LIMIT
+        np.arange(120_000, dtype=np.float32).reshape(300, 400).T,  # non-contiguous
+        np.zeros((0, 3)),
+        np.arange(300_000, dtype=np.float64),  # 2.4 MB: a bulky call, over Dask comms
+    ]
+
+
+def _torch() -> tuple[type, list[Any]]:
+    torch = pytest.importorskip("torch")  # an optional extra
+    return torch.Tensor, [
+        torch.arange(12, dtype=torch.int16),
+        torch.arange(128_000, dtype=torch.float32),
+        torch.arange(60_000, dtype=torch.float64).reshape(200, 300).t(),
+        torch.zeros(0, 3),
+        torch.arange(600_000, dtype=torch.float32),
+    ]
 
 
 @pytest.mark.parametrize("kind", ["numpy", "torch"])
 def test_arrays_and_tensors_round_trip_fused_and_unfused(serving_cluster, kind: str) -> None:
-    tp, values = (np.ndarray, NUMPY) if kind == "numpy" else (torch.Tensor, TORCH)
+    tp, values = _numpy() if kind == "numpy" else _torch()
     for fusion in (True, False):
         with serving_cluster.deploy(_chain(tp, 3), optimize=cf.Optimize(fusion=fusion)) as dep:
             fast = dep._router.fast
@@ -77,6 +81,7 @@ async def _fetch(owner: str, key: str, schema: cf.Schema, dask_worker: Any) -> l
 def test_kept_outputs_travel_worker_to_worker(serving_cluster) -> None:
     client = serving_cluster.client
     owner, reader = sorted(client.scheduler_info()["workers"])[:2]
+    torch = pytest.importorskip("torch")
     schema = cf.Schema({"a": np.ndarray, "t": torch.Tensor})
     rows = [
         {"qid": 0, "a": np.arange(80_000, dtype=np.float64), "t": torch.arange(70_000, dtype=torch.int32)},

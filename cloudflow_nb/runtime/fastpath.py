@@ -242,17 +242,19 @@ class _Framed(asyncio.BufferedProtocol):
     """Reads into the handshake's small buffer until the handshake is over, then into the
     :class:`~cloudflow_nb.runtime.frames.FrameReader`'s buffers (large frames in place)."""
 
+    _auth: ServerHandshake | ClientHandshake | None  # None once the handshake is over
+
     def __init__(self, max_frame: int) -> None:
         self._greeting = bytearray(HANDSHAKE_READ)
         self._reader = FrameReader(max_frame)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        if self.in_handshake:
+        if self._auth is not None:
             return memoryview(self._greeting)
         return self._reader.get_buffer()
 
     def buffer_updated(self, nbytes: int) -> None:
-        if self.in_handshake:
+        if self._auth is not None:
             self.handshake(bytes(self._greeting[:nbytes]))
             return
         try:
@@ -262,10 +264,6 @@ class _Framed(asyncio.BufferedProtocol):
             return
         for frame in frames:
             self.received(frame)
-
-    @property
-    def in_handshake(self) -> bool:
-        raise NotImplementedError
 
     def handshake(self, data: bytes) -> None:
         raise NotImplementedError
@@ -300,10 +298,6 @@ class _ServerConnection(_Framed):
             server.settings.handshake_timeout, self._refuse, "no handshake in time"
         )
         self.transport.write(self._auth.hello)
-
-    @property
-    def in_handshake(self) -> bool:
-        return self._auth is not None
 
     def received(self, frame: Frame) -> None:
         self.server.requests += 1
@@ -433,10 +427,6 @@ class FastConnection(_Framed):
         finally:
             if waiting:
                 self._waiting.pop(rid, None)
-
-    @property
-    def in_handshake(self) -> bool:
-        return self._auth is not None
 
     def bad_frame(self, exc: ValueError) -> None:
         logger.warning("fast path: closed the connection to %s: %s", self._peer(), exc)

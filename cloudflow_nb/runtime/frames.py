@@ -131,10 +131,10 @@ def encode_frame(rid: int, obj: Any) -> list[Piece]:
     offset = head.tell()
     for buf in buffers:
         pad = _padding(offset)
-        if pieces:
-            pieces.append(bytes(pad))
-        else:
+        if not pieces:
             head.write(bytes(pad))
+        elif pad:
+            pieces.append(bytes(pad))
         pieces.append(buf)
         offset += pad + buf.nbytes
     first = head.getbuffer()

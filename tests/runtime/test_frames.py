@@ -216,3 +216,14 @@ def test_a_frame_whose_buffer_table_lies_is_refused_before_unpickling(lie: str) 
     finally:
         tracemalloc.stop()
     assert peak < 2 * len(stream) + 4 * SCRATCH, f"{peak} bytes allocated for a {len(stream)}-byte frame"
+
+
+def test_each_buffer_of_a_frame_starts_aligned() -> None:
+    odd, wide = np.arange(5001, dtype=np.uint16), np.arange(7000, dtype=np.float64)  # 10002 bytes, then 56000
+    (frame,) = FrameReader().feed(b"".join(encode_frame(2, [odd, wide, odd[::2]])))
+    assert [b.nbytes for b in frame.buffers] == [odd.nbytes, wide.nbytes], "the strided view stays in the pickle"
+    start = np.frombuffer(frame.data.obj, dtype=np.uint8).ctypes.data
+    got = frame.load()
+    for sent, arrived in zip([odd, wide, odd[::2]], got, strict=True):
+        np.testing.assert_array_equal(arrived, sent)
+    assert [(a.ctypes.data - start) % ALIGN for a in got[:2]] == [0, 0]

@@ -1,16 +1,22 @@
-# The two set-up commands: `make demo` and `make test` each set everything up on a fresh machine.
+# The two set-up commands: `make demo` and `make test` each set up what they need on a fresh machine
+# (the demo: the package, torch and the examples' extra; the tests: everything, Chromium included).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+DEMO_STAMP := $(VENV)/.installed-demo
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench setup dot chromium lint clean
+.PHONY: demo test bench lab setup dot chromium apertium lint clean
 
-demo: setup
+demo: $(DEMO_STAMP)
 	$(PY) -m cloudflow_nb.examples.demo
 
 test: setup
 	$(PY) -m pytest -q
+
+# JupyterLab on the notebooks (tutorials and pipelines); open the URL it prints
+lab: setup
+	$(VENV)/bin/jupyter lab notebooks/
 
 bench: setup
 	$(PY) benchmarks/run_all.py
@@ -19,14 +25,18 @@ lint: setup
 	$(VENV)/bin/ruff check cloudflow_nb tests benchmarks
 	$(VENV)/bin/mypy
 
-setup: $(STAMP) dot chromium
+setup: $(STAMP) dot chromium apertium
 
-$(STAMP): pyproject.toml Makefile
+$(DEMO_STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch 2.13.0 has a local CPU wheel on these machines; a bare "torch" would pull a CUDA build
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[test,examples,dev,browser]"
+	$(PY) -m pip install -q -e ".[examples]"
+	touch $(DEMO_STAMP)
+
+$(STAMP): $(DEMO_STAMP)
+	$(PY) -m pip install -q -e ".[test,examples,dev,browser,notebook]"
 	touch $(STAMP)
 
 # $(call apt_need,CHECK,PACKAGE,WITHOUT IT): install a Debian package when CHECK fails and we may
@@ -46,6 +56,10 @@ dot:
 # the browser test (tests/browser) drives Debian's Chromium with Playwright; never `playwright install`
 chromium:
 	$(call apt_need,test -x /usr/bin/chromium,chromium,tests/browser skips until then)
+
+# the translation example runs Debian's Apertium (GPL) as a separate process; its tests skip without it
+apertium:
+	$(call apt_need,command -v apertium >/dev/null 2>&1 && apertium -l | grep -qx ' *fr-es' && apertium -l | grep -qx ' *spa-eng',apertium apertium-eng-spa apertium-fr-es,the translation example and its tests need it)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import platform
 import time
@@ -14,6 +15,7 @@ import numpy as np
 
 __all__ = [
     "closed_loop",
+    "closed_loop_latencies",
     "machine",
     "markdown_table",
     "parse_args",
@@ -64,19 +66,32 @@ def closed_loop(predict: Callable[[Any], Any], request: Any, clients: int, secon
     ``predict`` is an async function (``dep.apredict``). Returns throughput (requests/s) and the
     median and p99 latency (ms) of the requests that finished within ``seconds``.
     """
+    latencies, elapsed = closed_loop_latencies(predict, lambda _: request, clients, seconds)
+    return {"throughput": len(latencies) / elapsed, **summary(latencies)}
+
+
+def closed_loop_latencies(
+    predict: Callable[[Any], Any], request_of: Callable[[int], Any], clients: int, seconds: float
+) -> tuple[list[float], float]:
+    """The closed loop of :func:`closed_loop`, sending ``request_of(i)`` as the ``i``-th request.
+
+    Returns every request's latency (ms) and the seconds the loop took (the last requests
+    included), for callers that merge several runs.
+    """
+    sent = itertools.count()
 
     async def client(stop: float, latencies: list[float]) -> None:
         while time.perf_counter() < stop:
+            request = request_of(next(sent))
             start = time.perf_counter()
             await predict(request)
             latencies.append((time.perf_counter() - start) * 1000)
 
-    async def main() -> dict[str, float]:
+    async def main() -> tuple[list[float], float]:
         latencies: list[float] = []
         begin = time.perf_counter()
         await asyncio.gather(*(client(begin + seconds, latencies) for _ in range(clients)))
-        elapsed = time.perf_counter() - begin
-        return {"throughput": len(latencies) / elapsed, **summary(latencies)}
+        return latencies, time.perf_counter() - begin
 
     return asyncio.run(main())
 

@@ -15,7 +15,17 @@ from pathlib import Path
 from common import machine
 
 HERE = Path(__file__).parent
-BENCHMARKS = ["overhead.py", "fusion.py", "competition.py", "batching.py", "locality.py", "overload.py", "faults.py"]
+BENCHMARKS = [
+    "overhead.py",
+    "fusion.py",
+    "competition.py",
+    "batching.py",
+    "locality.py",
+    "overload.py",
+    "faults.py",
+    "autoscaling.py",
+    "pipelines.py",
+]
 
 
 def main() -> int:

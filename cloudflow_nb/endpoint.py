@@ -1,18 +1,26 @@
 """``cf.serve``: a JSON-over-HTTP endpoint for a deployment.
 
 ``POST /predict`` takes one row (a JSON object) or a request of several rows (a JSON list) and
-answers ``{"columns": [...], "rows": [...]}``; ``GET /health`` and ``GET /stats`` report on the
-deployment. Arrays travel as nested lists, ``bytes`` as base64 strings, and a ``nan`` or an
-infinity in a result as ``null``. Every answer is JSON, errors as ``{"error": "..."}``:
+answers ``{"columns": [...], "rows": [...]}``. Arrays travel as nested lists, ``bytes`` as base64
+strings, and a ``nan`` or an infinity in a result as ``null``. Around it, the conventions serving
+tools expect: ``GET /openapi.json`` (OpenAPI 3.1, from the flow's schemas: :mod:`~cloudflow_nb.openapi`)
+and ``GET /docs`` (a page rendered from it); ``GET /metrics`` in Prometheus text format
+(:mod:`~cloudflow_nb.metrics`); ``GET /healthz`` (liveness) and ``GET /readyz`` (every stage has a
+live replica, else 503 saying why: :mod:`~cloudflow_nb.probes`); ``GET /stats`` (``dep.stats()``)
+and the older ``GET /health``. With ``token=``, ``/predict``, ``/metrics`` and ``/stats`` need
+``Authorization: Bearer <token>`` (compared in constant time); the probes and the docs stay open.
+Every answer but ``/metrics`` and ``/docs`` is JSON, errors as ``{"error": "..."}``:
 
 ====  ==============================================================================================
 400   the body is not JSON, nests deeper than ``max_depth``, holds ``NaN``/``Infinity``, or does not
       fit the flow's input schema (a missing or unknown column, a ragged or non-numeric array)
+401   the endpoint has a token and the request did not bring it (``WWW-Authenticate: Bearer``)
 404   no such path
 405   a method the path does not take (the ``Allow`` header lists those it does)
 413   the body is larger than ``max_body`` bytes, judged from ``Content-Length`` before it is read; a
       body up to twice the limit is read and dropped first, so a client that sends before it reads
       hears the answer, and a larger one is answered at once and its connection closed
+415   the body's ``Content-Type`` is not JSON (no ``Content-Type`` at all is read as JSON)
 422   an operator failed (``operator`` names it), or a lookup found no value for its key
 429   a stage had no room (``Retry-After`` says when to retry), or too many big bodies were being
       decoded at once
@@ -30,17 +38,24 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import hmac
 import multiprocessing
+import re
 import sys
 import threading
+from collections import Counter
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 from tornado.web import Application, RequestHandler, stream_request_body
 
-from cloudflow_nb.errors import FlowError, FlowTimeoutError, SchemaError
+from cloudflow_nb.errors import DeploymentError, FlowError, FlowTimeoutError, SchemaError
 from cloudflow_nb.httpjson import BodyFormat, decode_request, encode, encode_table, error_reply
+from cloudflow_nb.metrics import registry
+from cloudflow_nb.openapi import docs_page, spec
+from cloudflow_nb.probes import not_ready
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -57,7 +72,19 @@ DECODERS = 2
 DRAIN = 2
 # How long after the request's deadline a body may still be coming in before the connection is closed.
 BODY_GRACE = 5.0
-PATHS = {"/predict": "POST", "/health": "GET", "/stats": "GET"}
+PATHS = {
+    "/predict": "POST",
+    "/openapi.json": "GET",
+    "/docs": "GET",
+    "/metrics": "GET",
+    "/healthz": "GET",
+    "/readyz": "GET",
+    "/stats": "GET",
+    "/health": "GET",
+}
+# The paths a token guards; the probes and the API's description stay open.
+GUARDED = frozenset({"/predict", "/metrics", "/stats"})
+_TOKEN = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no spaces: it travels in a header
 
 T = TypeVar("T")
 
@@ -71,6 +98,7 @@ def serve(
     max_depth: int = MAX_DEPTH,
     offload_over: int = OFFLOAD_OVER,
     decoders: int = DECODERS,
+    token: str | None = None,
 ) -> Endpoint:
     """Serve ``deployment`` over HTTP on ``host:port`` (0 picks a free port); see :class:`Endpoint`.
 
@@ -84,9 +112,11 @@ def serve(
         Bodies larger than this (bytes) are decoded in a worker process.
     decoders : int
         Worker processes for those, and how many such bodies may be in hand at once (more: 429).
+    token : str, optional
+        A bearer token that ``/predict``, ``/metrics`` and ``/stats`` require (401 without it).
     """
     return Endpoint(deployment, host, port, max_body=max_body, max_depth=max_depth, offload_over=offload_over,
-                    decoders=decoders)  # fmt: skip
+                    decoders=decoders, token=token)  # fmt: skip
 
 
 class Endpoint:
@@ -109,9 +139,16 @@ class Endpoint:
         max_depth: int = MAX_DEPTH,
         offload_over: int = OFFLOAD_OVER,
         decoders: int = DECODERS,
+        token: str | None = None,
     ) -> None:
         _check_limits(max_body=max_body, max_depth=max_depth, offload_over=offload_over, decoders=decoders)
+        _check_token(token)
         self.deployment = deployment
+        self._token = None if token is None else token.encode()
+        flow = deployment.flow
+        self.spec = spec(flow.name, flow.input_schema, flow.schema, token=token is not None)
+        self.answers: Counter[tuple[str, int]] = Counter()  # (path, status) -> how many; on the loop thread
+        self.registry = registry(flow.name, self.live_stats, self.answers)
         self.max_body = max_body
         self.offload_over = offload_over
         self.format = BodyFormat.of(deployment.flow.input_schema, max_depth)
@@ -132,7 +169,7 @@ class Endpoint:
             sockets = bind_sockets(port, host)
             self.port: int = sockets[0].getsockname()[1]
             args = {"endpoint": self}
-            handlers = [(r"/predict", _Predict, args), (r"/health", _Health, args), (r"/stats", _Stats, args)]
+            handlers = [(re.escape(path), _HANDLERS[path], args) for path in PATHS]
             app = Application(handlers, default_handler_class=_NotFound, default_handler_args=args)
             # The handlers cap bodies themselves (and answer 413 in JSON); tornado's own cap would answer
             # an empty 400, so it is set out of the way. Bodies past the cap are discarded, never kept.
@@ -146,6 +183,20 @@ class Endpoint:
             return
         self._started.set()
         self._loop.run_forever()
+
+    def authorized(self, header: str | None) -> bool:
+        """Whether an ``Authorization`` header value lets a request through (always, without a token)."""
+        if self._token is None:
+            return True
+        scheme, _, credentials = (header or "").partition(" ")
+        given = credentials.strip().encode("utf-8", "replace")
+        return scheme.lower() == "bearer" and hmac.compare_digest(given, self._token)
+
+    def live_stats(self) -> dict[str, Any]:
+        """``dep.stats()``; ``DeploymentError`` once the deployment is closed."""
+        if self.deployment.closed:
+            raise DeploymentError(f"deployment {self.deployment.name!r} is closed")
+        return self.deployment.stats()
 
     def close(self) -> None:
         """Stop listening and stop the decoding processes (the deployment stays up)."""
@@ -169,6 +220,12 @@ class Endpoint:
 
     def __repr__(self) -> str:
         return f"<cf.Endpoint {self.url} -> {self.deployment!r}>"
+
+
+def _check_token(token: str | None) -> None:
+    if token is not None and not (isinstance(token, str) and _TOKEN.fullmatch(token)):
+        shown = token if not isinstance(token, str) else f"{len(token)} characters"
+        raise SchemaError(f"serve: token must be non-empty printable ASCII without spaces, got {shown!r}")
 
 
 def _check_limits(**limits: int) -> None:
@@ -233,9 +290,15 @@ class _Handler(RequestHandler):
         self.arrived = asyncio.get_running_loop().time()
         declared = self.request.headers.get("Content-Length", "0")
         self.declared = int(declared) if declared.isdigit() else 0
+        if self.request.path in GUARDED and not self.endpoint.authorized(self.request.headers.get("Authorization")):
+            message = "this endpoint needs a token: send the header 'Authorization: Bearer <token>'"
+            self.reply(401, {"error": message}, {"WWW-Authenticate": 'Bearer realm="cloudflow"'})
+            return
         self.check(self.declared)
 
     def data_received(self, chunk: bytes) -> None:
+        if self._finished:  # answered already (401, 404): the rest of the body is dropped unread
+            return
         self.size += len(chunk)
         if self.refusal is None:
             self.check(self.size)
@@ -277,11 +340,13 @@ class _Handler(RequestHandler):
     def reply(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
         self.reply_bytes(status, encode(body), headers)
 
-    def reply_bytes(self, status: int, data: bytes, headers: dict[str, str] | None = None) -> None:
+    def reply_bytes(
+        self, status: int, data: bytes, headers: dict[str, str] | None = None, kind: str = "application/json"
+    ) -> None:
         if self._finished:
             return
         self.set_status(status)
-        self.set_header("Content-Type", "application/json")
+        self.set_header("Content-Type", kind)
         for name, value in (headers or {}).items():
             self.set_header(name, value)
         self.finish(data)
@@ -302,6 +367,8 @@ class _Handler(RequestHandler):
 
     def on_finish(self) -> None:
         self.release()
+        path = self.request.path if self.request.path in PATHS else "other"
+        self.endpoint.answers[path, self.get_status()] += 1
 
     def on_connection_close(self) -> None:
         if not self.working:  # the client left while sending; a request at work keeps its slot to the end
@@ -315,6 +382,14 @@ class _Handler(RequestHandler):
 
 
 class _Predict(_Handler):
+    def prepare(self) -> None:
+        super().prepare()
+        kind = self.request.headers.get("Content-Type")
+        media = (kind or "").partition(";")[0].strip().lower()
+        if kind is not None and self.refusal is None and not self._finished and not _is_json(media):
+            message = f"request body must be JSON: Content-Type {kind!r} is not application/json"
+            self.refuse(415, {"error": message})
+
     async def post(self) -> None:
         if self.refused():
             return
@@ -365,7 +440,65 @@ class _Stats(_Handler):
             self.reply(200, stats)
 
 
+class _OpenAPI(_Handler):
+    def get(self) -> None:
+        if not self.refused():
+            self.reply(200, self.endpoint.spec)
+
+
+class _Docs(_Handler):
+    def get(self) -> None:
+        if not self.refused():
+            page = docs_page(self.endpoint.spec, self.endpoint.url).encode()
+            self.reply_bytes(200, page, kind="text/html; charset=utf-8")
+
+
+class _Metrics(_Handler):
+    async def get(self) -> None:
+        if self.refused():
+            return
+        text = await asyncio.to_thread(generate_latest, self.endpoint.registry)
+        self.reply_bytes(200, text, kind=CONTENT_TYPE_LATEST)
+
+
+class _Healthz(_Handler):
+    def get(self) -> None:
+        if not self.refused():
+            self.reply(200, {"flow": self.deployment.flow.name, "status": "alive"})
+
+
+class _Readyz(_Handler):
+    async def get(self) -> None:
+        if self.refused():
+            return
+        name = self.deployment.flow.name
+        try:
+            reasons = not_ready(await asyncio.to_thread(self.endpoint.live_stats))
+        except (FlowError, TimeoutError) as exc:
+            reasons = [str(exc) or "the deployment did not report its state in time"]
+        if reasons:
+            self.reply(503, {"flow": name, "status": "not ready", "error": "; ".join(reasons)})
+        else:
+            self.reply(200, {"flow": name, "status": "ready"})
+
+
 class _NotFound(_Handler):
     def prepare(self) -> None:
         paths = ", ".join(f"{method} {path}" for path, method in PATHS.items())
         self.reply(404, {"error": f"no such path {self.request.path!r} (paths: {paths})"})
+
+
+def _is_json(media: str) -> bool:
+    return media in ("", "application/json") or (media.startswith("application/") and media.endswith("+json"))
+
+
+_HANDLERS: dict[str, type[_Handler]] = {
+    "/predict": _Predict,
+    "/openapi.json": _OpenAPI,
+    "/docs": _Docs,
+    "/metrics": _Metrics,
+    "/healthz": _Healthz,
+    "/readyz": _Readyz,
+    "/stats": _Stats,
+    "/health": _Health,
+}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import singledispatch
 
 from cloudflow_nb.physical import Plan, Stage
-from cloudflow_nb.plan import Agg, Join, Lookup, Map, Node, Source, StageInput
+from cloudflow_nb.plan import Agg, Explode, Join, Lookup, Map, Node, Source, StageInput
 from cloudflow_nb.table import Schema, type_name
 from cloudflow_nb.traversal import walk
 
@@ -27,9 +27,10 @@ def node_ids(root: Node) -> dict[int, str]:
 
 def schema_delta(node: Node) -> str:
     """The output schema; for one-input operators that keep their input columns, only the columns
-    they add (``+name``) or rewrite (``~name``)."""
+    they add (``+name``) or rewrite (``~name``). Aggregates and explodes, which start new rows, show
+    their whole schema."""
     children = node.children
-    if len(children) == 1 and not isinstance(node, Agg):
+    if len(children) == 1 and not isinstance(node, (Agg, Explode)):
         before: Schema = children[0].schema
         written = set(_written(node))
         parts = [
@@ -42,7 +43,7 @@ def schema_delta(node: Node) -> str:
 
 
 def _written(node: Node) -> tuple[str, ...]:
-    if isinstance(node, Map):
+    if isinstance(node, (Map, Explode)):
         return node.output_names
     if isinstance(node, Lookup):
         return (node.target,)
@@ -60,7 +61,9 @@ def _(node: Map) -> list[str]:
     out = []
     if node.is_class:
         out.append("class")
-    out += [f for f in ("batching", "gpu", "high_variance") if getattr(node, f)]
+    if node.is_async:
+        out.append("async")
+    out += [f for f in ("batching", "gpu", "high_variance", "releases_gil") if getattr(node, f)]
     return out
 
 
@@ -119,6 +122,9 @@ def stage_traits(stage: Stage) -> list[str]:
         out = ["router"]
     if stage.competitive:
         out.append(f"race x{stage.replicas}")
+    elif stage.hedge_after is not None:
+        after = stage.hedge_after
+        out.append(f"hedge x{stage.replicas} after {after if isinstance(after, str) else f'{after:g}ms'}")
     elif stage.replicas != 1:
         out.append(f"replicas={stage.replicas}")
     if stage.batching:

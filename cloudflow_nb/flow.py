@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from cloudflow_nb.errors import SchemaError
-from cloudflow_nb.plan import NO_DEFAULT, Agg, AnyOf, Filter, Join, Lookup, Map, Node, Source, Union
+from cloudflow_nb.plan import NO_DEFAULT, Agg, AnyOf, Explode, Filter, Join, Lookup, Map, Node, Source, Union
 from cloudflow_nb.runtime.local import LocalEngine
 from cloudflow_nb.table import QID, Schema, Table
 from cloudflow_nb.traversal import walk
@@ -98,6 +98,7 @@ class Flow:
         batching: bool = False,
         gpu: bool = False,
         high_variance: bool = False,
+        releases_gil: bool = False,
         name: str | None = None,
     ) -> Flow:
         """Add or replace the ``names`` columns with ``fn(row)``.
@@ -107,12 +108,46 @@ class Flow:
         name, else a tuple or a dict. With ``batching=True`` it takes a list of rows and returns a
         list of results in order. ``gpu=True`` places it on GPU-tagged workers;
         ``high_variance=True`` lets the optimizer race replicas of it.
+
+        ``fn`` may be an ``async def`` function (or a class with an ``async def __call__``): it
+        then runs on the replica's event loop, many calls at once, and is cancelled for real
+        when it loses a race or misses its deadline. ``releases_gil=True`` declares a sync ``fn``
+        that spends its time outside the GIL (I/O, sleeping, native code) and is safe to call
+        from several threads at once: several of its replicas may share a worker, and a call
+        that lost a race is left to finish in the background instead of holding its replica.
         """
-        return self._wrap(Map(self._node, fn, _normalize_names(names), batching, gpu, high_variance, name))
+        node = Map(self._node, fn, _normalize_names(names), batching, gpu, high_variance, name, releases_gil)
+        return self._wrap(node)
 
     def filter(self, pred: Any, *, name: str | None = None) -> Flow:
         """Keep the rows for which ``pred(row)`` is true."""
         return self._wrap(Filter(self._node, pred, name))
+
+    def explode(
+        self,
+        column: str,
+        names: Sequence[str] | Mapping[str, type] | str,
+        *,
+        keep: Sequence[str] | None = None,
+    ) -> Flow:
+        """One row per element of the list in ``column`` (a detector's boxes, say).
+
+        Each element gives the ``names`` columns, read like a map's result (the value itself for
+        one name, else a tuple or a dict). The rows keep the ``keep`` columns (default: every
+        column but ``column``) and get fresh qids, their positions in the exploded table.
+
+        Examples
+        --------
+        >>> import cloudflow_nb as cf
+        >>> flow = cf.Flow("words", text=str)
+        >>> words = flow.map(lambda row: row["text"].split(), names={"words": list})
+        >>> [row["word"] for row in words.explode("words", names={"word": str}).run({"text": "a b"})]
+        ['a', 'b']
+        """
+        if isinstance(keep, str):
+            raise SchemaError(f"explode {column!r}: keep must be a list of column names, got the string {keep!r}")
+        kept = None if keep is None else tuple(keep)
+        return self._wrap(Explode(self._node, column, _normalize_names(names), kept))
 
     def groupby(self, column: str) -> GroupedFlow:
         """Group rows by ``column``; follow with ``.agg(fn, column)``."""

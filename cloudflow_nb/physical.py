@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cloudflow_nb.errors import OptimizerError
-from cloudflow_nb.plan import AnyOf, Node, Source, StageInput
+from cloudflow_nb.plan import AnyOf, Map, Node, Source, StageInput
 from cloudflow_nb.traversal import consumers, walk
 
 __all__ = ["SOURCE", "Batching", "Decision", "Plan", "Stage", "build_plan"]
@@ -62,7 +62,11 @@ class Stage:
     replicas : int
         How many warm replicas serve the stage.
     competitive : bool
-        Every request races all replicas (on distinct workers); the first result wins.
+        Every request races all replicas (on distinct workers unless ``concurrent``); the first
+        result wins.
+    hedge_after : str, float or None
+        Hedged calls: a second copy goes to another replica when the first has not answered
+        after this percentile of the stage's recent latency (``"p90"``) or this many ms.
     batching : Batching or None
         Batch concurrent requests on each replica.
     locality : str or None
@@ -81,6 +85,14 @@ class Stage:
     batching: Batching | None = None
     locality: str | None = None
     in_router: bool = False
+    hedge_after: str | float | None = None
+
+    @property
+    def concurrent(self) -> bool:
+        """Whether one process may run several calls of the stage at once: its maps are all
+        async or declared ``releases_gil`` (so its replicas may share a worker)."""
+        maps = [op for op in self.operators if isinstance(op, Map)]
+        return bool(maps) and all(m.concurrent for m in maps)
 
     @property
     def slots(self) -> list[StageInput]:

@@ -8,7 +8,7 @@ optimizer in :mod:`cloudflow_nb.optimize` groups them into physical stages.
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 from cloudflow_nb.errors import SchemaError
@@ -21,6 +21,7 @@ __all__ = [
     "NO_DEFAULT",
     "Agg",
     "AnyOf",
+    "Explode",
     "Filter",
     "Join",
     "Lookup",
@@ -101,6 +102,23 @@ def _same(a: Any, b: Any) -> bool:
         return False
 
 
+def _check_names(op: str, names: tuple[tuple[str, type], ...]) -> None:
+    """Raise ``SchemaError`` unless ``names`` are distinct, typed output columns other than ``qid``."""
+    if not names:
+        raise SchemaError(f"{op}: names must list at least one output column")
+    seen = set()
+    for col, tp in names:
+        if not isinstance(col, str) or not col:
+            raise SchemaError(f"{op}: output column names must be non-empty strings, got {col!r}")
+        if col == QID:
+            raise SchemaError(f"{op}: column 'qid' is reserved for row ids")
+        if col in seen:
+            raise SchemaError(f"{op}: duplicate output column {col!r}")
+        if not isinstance(tp, type):
+            raise SchemaError(f"{op}: type of column {col!r} must be a class, got {tp!r}")
+        seen.add(col)
+
+
 def _need_column(op: str, schema: Schema, column: str) -> None:
     if column not in schema:
         raise SchemaError(f"{op}: unknown column {column!r} (columns: {list(schema.names)})")
@@ -167,24 +185,13 @@ class Map(Node):
     gpu: bool = False
     high_variance: bool = False
     name: str | None = None
+    releases_gil: bool = False
 
     def __post_init__(self) -> None:
         if not callable(self.fn):
             raise SchemaError(f"map: fn must be a function or a class, got {type(self.fn).__name__}")
-        if not self.names:
-            raise SchemaError(f"map {self.label!r}: names must list at least one output column")
-        seen = set()
-        for col, tp in self.names:
-            if not isinstance(col, str) or not col:
-                raise SchemaError(f"map {self.label!r}: output column names must be non-empty strings, got {col!r}")
-            if col == QID:
-                raise SchemaError(f"map {self.label!r}: column 'qid' is reserved for row ids")
-            if col in seen:
-                raise SchemaError(f"map {self.label!r}: duplicate output column {col!r}")
-            if not isinstance(tp, type):
-                raise SchemaError(f"map {self.label!r}: type of column {col!r} must be a class, got {tp!r}")
-            seen.add(col)
-        for flag in ("batching", "gpu", "high_variance"):
+        _check_names(f"map {self.label!r}", self.names)
+        for flag in ("batching", "gpu", "high_variance", "releases_gil"):
             if not isinstance(getattr(self, flag), bool):
                 raise SchemaError(f"map {self.label!r}: {flag} must be True or False")
         self._set_schema(self.child.schema.with_columns(dict(self.names)))
@@ -203,13 +210,23 @@ class Map(Node):
         return inspect.isclass(self.fn)
 
     @property
+    def is_async(self) -> bool:
+        """Whether ``fn`` is an ``async def`` function, or a class or object with an ``async def __call__``."""
+        return inspect.iscoroutinefunction(self.fn) or inspect.iscoroutinefunction(self.fn.__call__)
+
+    @property
+    def concurrent(self) -> bool:
+        """Whether several calls may run at once in one process: async, or declared ``releases_gil``."""
+        return self.is_async or self.releases_gil
+
+    @property
     def output_names(self) -> tuple[str, ...]:
         """The columns this map writes."""
         return tuple(n for n, _ in self.names)
 
     def replace_children(self, children: tuple[Node, ...]) -> Node:
         (child,) = children
-        return Map(child, self.fn, self.names, self.batching, self.gpu, self.high_variance, self.name)
+        return replace(self, child=child)
 
 
 @dataclass(frozen=True, eq=False)
@@ -242,6 +259,58 @@ class Filter(Node):
     def replace_children(self, children: tuple[Node, ...]) -> Node:
         (child,) = children
         return Filter(child, self.pred, self.name)
+
+
+@dataclass(frozen=True, eq=False)
+class Explode(Node):
+    """One row per element of the sequence in ``column``; each element gives the ``names`` columns.
+
+    An element is read like a map's result: the value itself for one name, else a tuple or a
+    dict. The output keeps the ``keep`` columns (every input column but ``column`` when ``keep`` is
+    None) and numbers its rows afresh: ``qid`` is the row's position in the exploded table, so
+    branches that grow from it re-join per element. ``None`` in ``column`` gives no rows.
+    """
+
+    kind: ClassVar[str] = "explode"
+    child: Node
+    column: str
+    names: tuple[tuple[str, type], ...]
+    keep: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        src = self.child.schema
+        _need_column("explode", src, self.column)
+        _check_names(f"explode {self.label!r}", self.names)
+        for col in self.keep or ():
+            _need_column(f"explode {self.label!r} (keep)", src, col)
+            if col in (QID, self.column):
+                raise SchemaError(f"explode {self.label!r}: cannot keep column {col!r} (it is renumbered or exploded)")
+        kept = [(col, src[col]) for col in self.kept]
+        self._set_schema(Schema(kept).with_columns(dict(self.names)))
+
+    @property
+    def kept(self) -> tuple[str, ...]:
+        """The input columns copied into every output row."""
+        if self.keep is not None:
+            return self.keep
+        return tuple(c for c in self.child.schema.names if c not in (QID, self.column))
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        """The columns each element writes."""
+        return tuple(n for n, _ in self.names)
+
+    @property
+    def children(self) -> tuple[Node, ...]:
+        return (self.child,)
+
+    @property
+    def label(self) -> str:
+        return self.column
+
+    def replace_children(self, children: tuple[Node, ...]) -> Node:
+        (child,) = children
+        return Explode(child, self.column, self.names, self.keep)
 
 
 @dataclass(frozen=True, eq=False)

@@ -40,6 +40,7 @@ NODE_STYLE: dict[str, dict[str, str]] = {
     "map": {"shape": "box", "style": "rounded,filled", "fillcolor": "#ffffff"},
     "filter": {"shape": "trapezium", "style": "filled", "fillcolor": "#fdf6e3"},
     "agg": {"shape": "box", "style": "filled", "fillcolor": "#eef7ee"},
+    "explode": {"shape": "invtrapezium", "style": "filled", "fillcolor": "#fdf6e3"},
     "lookup": {"shape": "cylinder", "style": "filled", "fillcolor": "#f3ecf8"},
     "join": {"shape": "hexagon", "style": "filled", "fillcolor": "#f7ecec"},
     "union": {"shape": "hexagon", "style": "filled", "fillcolor": "#f7ecec"},
@@ -58,7 +59,7 @@ def label(*parts: str) -> Any:
 def _node_lines(node: Node) -> list[str]:
     title = node.kind
     if isinstance(node, Map):
-        extra = [f for f in ("batching", "gpu", "high_variance") if getattr(node, f)]
+        extra = [f for f in ("batching", "gpu", "high_variance", "releases_gil") if getattr(node, f)]
         if extra:
             title += " [" + ", ".join(extra) + "]"
     elif isinstance(node, Lookup) and node.dynamic:

@@ -56,7 +56,10 @@ class PlanExplorer:
         self.controls: dict[str, Any] = {}
         for field in dataclasses.fields(Optimize):
             value = getattr(options, field.name)
-            if isinstance(value, bool):
+            if field.name == "hedge_after":  # off, a percentile or milliseconds: typed as text
+                text = "" if value is None else value if isinstance(value, str) else f"{value:g}"
+                control = w.Text(value=text, placeholder="off, p90 or ms", description=field.name, **_NUMBER_STYLE)
+            elif isinstance(value, bool):
                 control = w.Checkbox(value=value, description=field.name, indent=False)
             elif isinstance(value, int):
                 control = w.BoundedIntText(value=value, min=1, max=256, description=field.name, **_NUMBER_STYLE)
@@ -80,7 +83,9 @@ class PlanExplorer:
 
     def options(self) -> Optimize:
         """The ``cf.Optimize`` the controls describe."""
-        return Optimize(**{f.name: self.controls[f.name].value for f in dataclasses.fields(Optimize)})
+        values = {f.name: self.controls[f.name].value for f in dataclasses.fields(Optimize)}
+        values["hedge_after"] = _hedge_after(values["hedge_after"])
+        return Optimize(**values)
 
     def _update(self, change: Any = None) -> None:
         try:
@@ -114,3 +119,14 @@ def _svg_or_hint(plan: Any) -> str:
         return str(plan.show_graph().pipe(format="svg", encoding="utf-8"))
     except Exception as exc:
         return f"<p><i>graph not drawn: {html.escape(str(exc))}</i></p>"
+
+
+def _hedge_after(text: str) -> str | float | None:
+    """The hedge control's text as ``Optimize(hedge_after=...)`` takes it (``Optimize`` checks it)."""
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return text

@@ -41,11 +41,62 @@ def test_requirements_install_the_package_last():
     assert requirement_lines()[-1] == "."
 
 
+PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+
 def test_requirements_mirror_pyproject_dependencies():
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    # Binder builds what `make setup` installs for a user: the package, the notebook and examples extras
+    extras = PROJECT["optional-dependencies"]
+    wanted = PROJECT["dependencies"] + extras["notebook"] + extras["examples"]
     pinned = {normalize(line) for line in requirement_lines() if not line.startswith(("-", "."))}
-    missing = [dep for dep in project["dependencies"] if normalize(dep) not in pinned]
+    missing = [dep for dep in wanted if normalize(dep) not in pinned]
     assert not missing, f"binder/requirements.txt lacks {missing} (copy pyproject's pins)"
+
+
+def makefile_apt_packages() -> set[str]:
+    calls = re.findall(r"^\t\$\(call apt_need,[^,]*,([^,]+),", (ROOT / "Makefile").read_text(), re.MULTILINE)
+    return {package for call in calls for package in call.split()}
+
+
+def test_apt_txt_has_what_make_installs_from_apt():
+    packages = {line.strip() for line in (BINDER / "apt.txt").read_text().splitlines() if line.strip()}
+    assert packages == makefile_apt_packages() - {"chromium"}  # Chromium is for the browser tests only
+
+
+@pytest.mark.slow
+def test_repo2docker_builds_the_make_environment():
+    """repo2docker's own Dockerfile for this repository (``--no-build``: no Docker engine needed)."""
+    repo2docker = Path(sys.executable).with_name("repo2docker")
+    done = subprocess.run(
+        [str(repo2docker), "--no-build", "--no-run", "--debug", str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    dockerfile = done.stdout + done.stderr
+    assert "python=3.11" in dockerfile
+    apt = re.search(r"apt-get install --yes --no-install-recommends ([^&]+)&&", dockerfile)
+    assert apt, "repo2docker installs nothing from apt.txt"
+    assert set(apt.group(1).split()) == makefile_apt_packages() - {"chromium"}
+    assert 'pip install --no-cache-dir -r "binder/requirements.txt"' in dockerfile
+    assert "./binder/postBuild" in dockerfile
+
+
+BINDER_LINK = re.compile(
+    r"https://mybinder\.org/v2/gh/([\w.-]+/[\w.-]+)/main\?urlpath=lab/tree/(notebooks/[\w.-]+\.ipynb)"
+)
+
+
+def test_readme_links_every_notebook_on_binder():
+    readme = (ROOT / "README.md").read_text()
+    repository = PROJECT["urls"]["Repository"].removeprefix("https://github.com/")
+    links = BINDER_LINK.findall(readme)
+    assert "mybinder.org/badge_logo.svg" in readme
+    assert {repo for repo, _ in links} == {repository}
+    linked = {path for _, path in links}
+    notebooks = {f"notebooks/{p.name}" for p in (ROOT / "notebooks").glob("*.ipynb")}
+    assert linked == notebooks, f"README's Binder links and notebooks/ differ: {sorted(linked ^ notebooks)}"
 
 
 def test_torch_comes_from_the_cpu_index():

@@ -70,3 +70,14 @@ def test_graph_pane_shows_svg_or_the_install_hint(monkeypatch):
 def test_repr_is_a_widget_bundle():
     bundle = cf.explore(make_flow())._repr_mimebundle_()
     assert "text/plain" in bundle
+
+
+def test_hedge_after_is_typed_as_text():
+    panel = cf.explore(make_flow())
+    panel.controls["hedge_after"].value = "p90"
+    (hedged,) = [s for s in panel.plan.stages if s.hedge_after is not None]
+    assert hedged.hedge_after == "p90"
+    panel.controls["hedge_after"].value = "25"
+    assert panel.options().hedge_after == 25.0
+    panel.controls["hedge_after"].value = "soon"
+    assert "hedge_after must be None, a percentile" in panel.error.value

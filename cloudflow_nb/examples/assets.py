@@ -124,11 +124,11 @@ def _extract(archive: Path, member: str, to: Path) -> None:
         assert files.stdout is not None
         with tarfile.open(fileobj=files.stdout, mode="r|") as tar:
             for entry in tar:
-                if entry.isfile() and entry.name.lstrip("./") == member.lstrip("/"):
-                    source = tar.extractfile(entry)
-                    assert source is not None
+                if entry.isfile() and entry.name.removeprefix("./") == member.removeprefix("/"):
+                    payload = tar.extractfile(entry)
+                    assert payload is not None
                     with to.open("wb") as sink:
-                        shutil.copyfileobj(source, sink)
+                        shutil.copyfileobj(payload, sink)
                     break
         files.stdout.close()
         files.wait()

@@ -19,17 +19,33 @@ from typing import TypeVar
 
 from cloudflow_nb.physical import Stage
 
-__all__ = ["DEFAULT_LIMIT", "Ewma", "default_limit", "expected_wait", "retry_after", "with_room"]
+__all__ = [
+    "CONCURRENT_LIMIT",
+    "DEFAULT_LIMIT",
+    "Ewma",
+    "default_limit",
+    "expected_wait",
+    "in_time",
+    "retry_after",
+    "with_room",
+]
 
 R = TypeVar("R")
 
 # Calls a replica of an unbatched stage holds at once: one running, the rest queued behind it.
 DEFAULT_LIMIT = 4
+# Calls a replica of a concurrent stage (async, or releases_gil) runs at once.
+CONCURRENT_LIMIT = 32
+
+# Share of a request's time left that its expected wait and run may fill: the estimate runs on a
+# moving average, and a call admitted right at its deadline times out on the first slow neighbour.
+HEADROOM = 0.8
 
 
 def default_limit(stage: Stage) -> int:
     """Calls one replica of ``stage`` may hold at once: two full batches for batching stages
-    (one running, one forming), else :data:`DEFAULT_LIMIT`.
+    (one running, one forming), :data:`CONCURRENT_LIMIT` for concurrent ones (async or
+    ``releases_gil``: all of them run at once), else :data:`DEFAULT_LIMIT`.
 
     Examples
     --------
@@ -40,7 +56,7 @@ def default_limit(stage: Stage) -> int:
     """
     if stage.batching is not None:
         return max(DEFAULT_LIMIT, 2 * stage.batching.max_batch_size)
-    return DEFAULT_LIMIT
+    return CONCURRENT_LIMIT if stage.concurrent else DEFAULT_LIMIT
 
 
 def with_room(replicas: Iterable[R], inflight: Mapping[R, int], limit: int) -> list[R]:
@@ -66,6 +82,20 @@ def expected_wait(position: int, latency: float, slots: int) -> float:
     5.0
     """
     return (position + 1) * latency / max(1, slots)
+
+
+def in_time(wait: float, latency: float, remaining: float) -> bool:
+    """Whether a call that waits ``wait`` seconds, then takes ``latency``, ends well within the
+    ``remaining`` seconds of its request (inside :data:`HEADROOM` of them).
+
+    Examples
+    --------
+    >>> in_time(3.0, latency=0.4, remaining=5.0)
+    True
+    >>> in_time(4.4, latency=0.4, remaining=5.0)  # would end at 4.8 s of 5: too close to call
+    False
+    """
+    return wait + latency <= remaining * HEADROOM
 
 
 def retry_after(queued: int, latency: float, slots: int) -> float:

@@ -11,9 +11,9 @@ facts (research/dask.md 2.8 and 3.5):
 
 - a stage is saturated when its mean in-flight calls per replica reach ``target_inflight`` on
   ``up_after`` ticks in a row; it then grows to ``ceil(inflight / target_inflight)`` replicas
-  (at most ``max_replicas``; at most one per suitable worker for a competitive or locality
-  stage), placed on the least loaded suitable worker with room (GPU stages on GPU-tagged workers
-  only; a competitive or locality stage never twice on one worker);
+  (at most ``max_replicas``; at most one per suitable worker for a locality stage or a
+  competitive one of plain sync code), placed on the least loaded suitable worker with room (GPU
+  stages on GPU-tagged workers only; those stages never twice on one worker);
 - a worker has room for ``replicas_per_worker`` replicas per thread; when no suitable worker has
   room the policy asks for one more worker of the right kind (one request at a time per kind, at
   most ``max_workers`` added);
@@ -128,7 +128,8 @@ class StageLoad:
 
     ``calls`` is the stage's cumulative count of answered calls (new calls mean it is busy);
     ``floor`` the replicas its plan needs; ``p50_ms`` a recent latency, only for the reasons;
-    ``gpu``, ``competitive`` and ``locality`` as on the plan's stage (they decide placement).
+    ``gpu``, ``competitive``, ``locality`` and ``concurrent`` as on the plan's stage (they decide
+    placement).
     """
 
     name: str
@@ -139,6 +140,7 @@ class StageLoad:
     competitive: bool = False
     p50_ms: float | None = None
     locality: str | None = None
+    concurrent: bool = False
 
     @property
     def inflight(self) -> int:

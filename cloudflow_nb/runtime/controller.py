@@ -359,7 +359,7 @@ class Controller:
     async def _start(self, srt: StageRuntime, worker: str) -> None:
         stage = srt.stage
         replica = ReplicaRef(stage.name, f"{self.name}/{stage.name}/{self.holder}-{next(self._ids)}", worker)
-        spec = StageSpec(stage.name, labelled(stage.program), stage.batching, stage.gpu, srt.limit)
+        spec = StageSpec(stage.name, labelled(stage.program), stage.batching, stage.gpu, srt.limit, stage.concurrent)
         try:
             reply = await asyncio.wait_for(
                 self.pool(worker).cf_start(replica=replica.id, spec=to_serialize(spec)), START_TIMEOUT
@@ -505,6 +505,7 @@ class Controller:
             srt.stage.competitive,
             None if p50 is None else round(p50 * 1000, 3),
             srt.stage.locality,
+            srt.stage.concurrent,
         )
 
     async def _apply(self, policy: AutoscalePolicy, instruction: Instruction) -> None:
@@ -572,8 +573,8 @@ class Controller:
                 chosen = place_replicas(srt.stage, workers, [r.worker for r in srt.replicas], load, missing)
                 if len(chosen) < missing:
                     raise DeploymentError(
-                        f"scale: stage {stage!r} needs its replicas on distinct workers (it is competitive "
-                        f"or uses locality): {replicas} asked, {len(eligible)} workers suitable"
+                        f"scale: stage {stage!r} needs its replicas on distinct workers (it races plain sync "
+                        f"code or uses locality): {replicas} asked, {len(eligible)} workers suitable"
                     )
             await asyncio.gather(*(self._start(srt, w) for w in chosen))
         await self.report_hosts()

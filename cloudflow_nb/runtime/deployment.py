@@ -22,6 +22,7 @@ from cloudflow_nb.runtime.autoscale import Autoscale
 from cloudflow_nb.runtime.controller import Controller, WorkerScaler
 from cloudflow_nb.runtime.registry import valid_name
 from cloudflow_nb.runtime.router import DEFAULT_QUEUE, Router, stage_runtimes
+from cloudflow_nb.runtime.routing import choose_racers
 from cloudflow_nb.table import Table
 
 if TYPE_CHECKING:
@@ -162,7 +163,7 @@ class Deployment:
         Every ``interval`` seconds a stage whose calls in flight per replica reach
         ``target_inflight`` gains replicas (up to ``max_replicas``), built and warm before any call
         reaches them, on a suitable worker with room (``replicas_per_worker`` per thread; GPU
-        stages on GPU-tagged workers; a competitive stage once per worker). When no worker has
+        stages on GPU-tagged workers; a competitive stage of plain sync code once per worker). When no worker has
         room the cluster is asked for one more (a ``cf.LocalCluster`` starts it; a connected
         cluster whose client has a scalable ``.cluster`` is scaled; otherwise the decision is
         recorded). A stage idle for ``scale_down_after`` seconds loses one replica at a time, never
@@ -216,7 +217,10 @@ class Deployment:
 
     def stats(self) -> dict[str, Any]:
         """Per-request and per-stage figures: counts, errors, retries, latency percentiles (ms),
-        batch sizes and where each replica runs; under ``"autoscale"``, replicas and targets per
+        batch sizes, where each replica runs, the seconds calls held replicas (``replica_seconds``,
+        race losers' and hedges' included) and a hedged stage's ``hedge`` counts (``sent``,
+        ``won``, its threshold), and for a competitive stage the ``racers`` a call gets (fewer than
+        asked when a plain sync stage has fewer suitable workers); under ``"autoscale"``, replicas and targets per
         stage, workers added and removed and the autoscaler's last decisions."""
         return self._loop.run(self._stats(), timeout=10)
 
@@ -231,6 +235,12 @@ class Deployment:
                 ],
                 "gpu": stage.gpu,
                 "competitive": stage.competitive,
+                "concurrent": stage.concurrent,
+                "racers": len(choose_racers(srt.replicas, {}, stage.replicas, shared=stage.concurrent))
+                if stage.competitive
+                else None,
+                "hedge": None if srt.hedge is None else srt.hedge.summary(),
+                "replica_seconds": round(srt.replica_seconds, 6),
                 "batching": stage.batching.max_batch_size if stage.batching else None,
                 "locality": stage.locality,
                 "in_router": stage.in_router,

@@ -3,23 +3,43 @@
 Every other engine is tested against it. It evaluates a plan for one or several requests at
 once: a batching ``map`` gets the rows of all requests in one call, and every other operator runs
 per request, so a failure in one request never touches another.
+
+An ``async def`` map's coroutine is run by the engine's ``run_coroutine`` (by default on a fresh
+event loop, in a helper thread when this thread already runs one; a replica runs it on its
+worker's event loop, where it can be cancelled).
 """
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
 from cloudflow_nb.errors import FlowError, MissingKeyError, OperatorError, SchemaError
 from cloudflow_nb.physical import SOURCE, Plan, Stage
-from cloudflow_nb.plan import NO_DEFAULT, Agg, AnyOf, Filter, Join, Lookup, Map, Node, Source, StageInput, Union
+from cloudflow_nb.plan import (
+    NO_DEFAULT,
+    Agg,
+    AnyOf,
+    Explode,
+    Filter,
+    Join,
+    Lookup,
+    Map,
+    Node,
+    Source,
+    StageInput,
+    Union,
+)
 from cloudflow_nb.table import QID, Row, Table, accepts, type_name
 from cloudflow_nb.traversal import walk
 
-__all__ = ["LocalEngine", "needed_nodes"]
+__all__ = ["LocalEngine", "await_here", "needed_nodes"]
 
 Bindings = Mapping[Node, Table]
 
@@ -36,10 +56,17 @@ class LocalEngine:
     ----------
     store : Mapping, optional
         Where ``lookup`` reads from (a dict in local runs, the cluster store on workers).
+    run_coroutine : callable, optional
+        Runs an async map's coroutine to its result (default: :func:`await_here`).
     """
 
-    def __init__(self, store: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        store: Mapping[str, Any] | None = None,
+        run_coroutine: Callable[[Coroutine[Any, Any, Any]], Any] | None = None,
+    ) -> None:
         self.store = store
+        self.run_coroutine = run_coroutine or await_here
         self._instances: dict[int, tuple[Node, Any]] = {}
         self._lock = threading.Lock()
 
@@ -120,6 +147,8 @@ class LocalEngine:
             return self._map(node, inputs[0])
         if isinstance(node, Filter):
             return self._filter(node, inputs[0])
+        if isinstance(node, Explode):
+            return _explode(node, inputs[0])
         if isinstance(node, Agg):
             return _aggregate(node, inputs[0])
         if isinstance(node, Lookup):
@@ -134,7 +163,21 @@ class LocalEngine:
 
     def _map(self, node: Map, table: Table) -> Table:
         fn = self.instance(node)
-        return Table(node.schema, [_merge(node, row, _call_user(node, fn, row)) for row in table])
+        outs = [_call_user(node, fn, row, self.run_coroutine) for row in table]
+        return Table(node.schema, [_merge(node, row, out) for row, out in zip(table, outs, strict=True)])
+
+    async def map_async(self, node: Map, table: Table) -> Table:
+        """An async (unbatched) map over ``table`` on the running event loop, row after row."""
+        fn = self.instance(node)
+        outs = []
+        for row in table:
+            try:
+                outs.append(await fn(row))
+            except FlowError:
+                raise
+            except Exception as exc:
+                raise _user_error(node, row, exc) from exc
+        return Table(node.schema, [_merge(node, row, out) for row, out in zip(table, outs, strict=True)])
 
     def _batched_map(
         self, node: Map, live: list[int], values: list[dict[int, Table]], errors: list[FlowError | None]
@@ -174,6 +217,8 @@ class LocalEngine:
         fn = self.instance(node)
         try:
             results = fn(rows)
+            if inspect.iscoroutine(results):
+                results = self.run_coroutine(results)
         except FlowError:
             raise
         except Exception as exc:
@@ -224,14 +269,33 @@ class LocalEngine:
         return value
 
 
-def _call_user(node: Map | Filter, fn: Any, row: Row) -> Any:
-    """``fn(row)``; a user exception becomes an ``OperatorError`` naming the operator and row."""
+def await_here(coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run ``coro`` to its result on a fresh event loop (in a helper thread when this thread
+    already runs a loop, as in a notebook)."""
     try:
-        return fn(row)
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with ThreadPoolExecutor(1, thread_name_prefix="cf-async") as helper:
+        return helper.submit(asyncio.run, coro).result()
+
+
+def _call_user(
+    node: Map | Filter, fn: Any, row: Row, run: Callable[[Coroutine[Any, Any, Any]], Any] = await_here
+) -> Any:
+    """``fn(row)`` (run to its result when it is a coroutine); a user exception becomes an
+    ``OperatorError`` naming the operator and row."""
+    try:
+        out = fn(row)
+        return run(out) if inspect.iscoroutine(out) else out
     except FlowError:
         raise
     except Exception as exc:
-        raise OperatorError(f"{node.title} failed on qid {row.qid}: {type(exc).__name__}: {exc}", node.title) from exc
+        raise _user_error(node, row, exc) from exc
+
+
+def _user_error(node: Map | Filter, row: Row, exc: Exception) -> OperatorError:
+    return OperatorError(f"{node.title} failed on qid {row.qid}: {type(exc).__name__}: {exc}", node.title)
 
 
 def _verdict(node: Filter, kept: Any, row: Row) -> bool:
@@ -245,7 +309,24 @@ def _inputs_used(node: Node) -> tuple[Node, ...]:
     return node.children[:1] if isinstance(node, AnyOf) else node.children
 
 
-def _merge(node: Map, row: Row, result: Any) -> Row:
+def _explode(node: Explode, table: Table) -> Table:
+    out: list[Row] = []
+    for row in table:
+        items = row[node.column]
+        if items is None:
+            continue
+        if not isinstance(items, (list, tuple, np.ndarray)):
+            raise SchemaError(
+                f"{node.title}: column {node.column!r} must hold a list, a tuple or an array, "
+                f"got {type(items).__name__} (qid {row.qid})"
+            )
+        for item in items:
+            base = Row({QID: len(out), **{c: row[c] for c in node.kept}})
+            out.append(_merge(node, base, item))
+    return Table(node.schema, out)
+
+
+def _merge(node: Map | Explode, row: Row, result: Any) -> Row:
     """The input row with ``node``'s output columns from ``result`` added or replaced."""
     names = node.output_names
     if len(names) == 1:

@@ -6,8 +6,9 @@ The controller (deploy, reconcile, ``dep.scale``) and the autoscaling policy bot
   other stages untagged ones first, any worker when the cluster has no untagged one;
 - how many replicas a stage wants (:func:`target_replicas`) and may have (:func:`most_replicas`);
 - which stages need their replicas on distinct workers (:func:`needs_distinct_workers`):
-  competitive stages (racers must not share a worker) and locality stages (one per worker, so the
-  key's holder serves it);
+  competitive stages of plain sync code (racers must not share a worker: they would share its
+  GIL) and locality stages (one per worker, so the key's holder serves it); racers of a
+  concurrent stage (async or ``releases_gil``) may share a worker, spread as evenly as it goes;
 - where new replicas go (:func:`place_replicas`, :func:`new_placements`): distinct workers first,
   then the least loaded, never past a worker's capacity (:func:`worker_capacity`), and workers in
   ``avoid`` only when nothing else fits;
@@ -51,6 +52,8 @@ class PlacedStage(Protocol):
     def gpu(self) -> bool: ...
     @property
     def competitive(self) -> bool: ...
+    @property
+    def concurrent(self) -> bool: ...
     @property
     def locality(self) -> str | None: ...
 
@@ -104,17 +107,18 @@ def eligible_workers(stage: PlacedStage, workers: Sequence[PlacedWorker], strict
 
 
 def needs_distinct_workers(stage: PlacedStage) -> bool:
-    """Whether no two replicas of the stage may share a worker: competitive stages (their racers
-    must fail and stall independently) and locality stages (one replica per key holder)."""
-    return stage.competitive or stage.locality is not None
+    """Whether no two replicas of the stage may share a worker: competitive stages of plain sync
+    code (their racers must not share a GIL) and locality stages (one replica per key holder)."""
+    return (stage.competitive and not stage.concurrent) or stage.locality is not None
 
 
 def target_replicas(stage: Stage, eligible: int) -> int:
     """The replicas a stage's plan needs with ``eligible`` suitable workers (its floor): one per
-    eligible worker for locality stages, at most one per eligible worker for competitive ones."""
+    eligible worker for locality stages, at most one per eligible worker for competitive ones of
+    plain sync code (a concurrent stage's racers share workers)."""
     if stage.locality is not None:
         return max(stage.replicas, eligible)
-    if stage.competitive:
+    if stage.competitive and not stage.concurrent:
         return min(stage.replicas, eligible)
     return stage.replicas
 

@@ -1,9 +1,10 @@
 """Competitive execution as a sans-I/O state machine: the first finisher wins.
 
-A race has a fixed set of entrants (replicas on distinct workers). Each one ends with a table, a
-request error (the user's function raised: that is an answer too), or a loss (its worker died or
-became unreachable). The first table or request error wins and the rest are cancelled; losses only
-make way for the others, and when every entrant is lost the caller retries elsewhere.
+A race has a fixed set of entrants (racing replicas, or a hedged call's two copies). Each one
+ends with a table, a request error (the user's function raised: that is an answer too), or a
+loss (its worker died or became unreachable). The first table or request error wins and the
+rest are cancelled; losses only make way for the others, and when every entrant is lost the
+caller retries elsewhere.
 """
 
 from __future__ import annotations

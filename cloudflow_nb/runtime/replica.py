@@ -23,6 +23,17 @@ queue. One exception saves two thread hops per call: a replica whose last ``INLI
 each took under ``INLINE_BUDGET`` (a filter, a lookup, a cheap transform) runs its batches on the
 worker's event loop, and goes back to its thread the first time a batch takes longer.
 
+A concurrent stage (``StageSpec.concurrent``: its maps are async or declared ``releases_gil``)
+runs without a batching queue: each call starts at once, on the worker's event loop for a stage
+that is one async map (no thread at all), else in a thread of its own, an async map's coroutine
+then running on the event loop. Such a call ends as soon as it is cancelled (a
+lost race) or its deadline passes: its coroutines get ``CancelledError`` and its slot is free at
+once; sync code still running in its thread is left to finish there, and its result is dropped.
+A replica keeps up to ``max_inflight`` such abandoned calls finishing beside the calls it holds;
+past that a new call waits for a thread. An async map fused with plain sync code (a stage that is
+not concurrent) runs in the replica's one thread with its coroutine on the loop, and is not
+cancelled mid-call.
+
 Admission: a replica holds at most ``StageSpec.max_inflight`` calls (running and queued); one more
 is refused at once (``"overload"``), and a call that cannot finish before its deadline (by the
 replica's average batch time) is never started (``"expired"``).
@@ -31,6 +42,8 @@ replica's average batch time) is never started (``"expired"``).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -43,8 +56,8 @@ from distributed.diagnostics.plugin import WorkerPlugin
 
 from cloudflow_nb.errors import FlowError
 from cloudflow_nb.physical import Batching
-from cloudflow_nb.plan import Node, StageInput
-from cloudflow_nb.runtime.admission import Ewma
+from cloudflow_nb.plan import Map, Node, StageInput
+from cloudflow_nb.runtime.admission import CONCURRENT_LIMIT, Ewma
 from cloudflow_nb.runtime.batcher import Batcher, Run, WaitUntil
 from cloudflow_nb.runtime.comm import worker_gone
 from cloudflow_nb.runtime.device import gpu_device_name, using_device
@@ -76,14 +89,16 @@ DRAINED = "drained"  # the replica was taken out of service: send the call elsew
 
 @dataclass(frozen=True)
 class StageSpec:
-    """What a worker needs to serve a stage: its name, program, batching, device class and the
-    most calls one replica may hold at once (``None``: no limit)."""
+    """What a worker needs to serve a stage: its name, program, batching, device class, the
+    most calls one replica may hold at once (``None``: no limit) and whether it runs its calls
+    concurrently (async or ``releases_gil`` maps)."""
 
     name: str
     program: Node
     batching: Batching | None = None
     gpu: bool = False
     max_inflight: int | None = None
+    concurrent: bool = False
 
     @property
     def slots(self) -> list[StageInput]:
@@ -91,12 +106,14 @@ class StageSpec:
         return sorted((n for n in walk(self.program) if isinstance(n, StageInput)), key=lambda n: n.slot)
 
 
-@dataclass
+@dataclass(eq=False)
 class _Call:
     request: str
     bindings: dict[Node, Table]
     deadline: float
     future: asyncio.Future[Any] = field(repr=False)
+    started: float = 0.0
+    coroutines: list[concurrent.futures.Future[Any] | asyncio.Future[Any]] = field(default_factory=list, repr=False)
 
 
 class Replica:
@@ -110,14 +127,22 @@ class Replica:
         self.spec = spec
         self.device = device
         self.slots = spec.slots
-        self.engine = LocalEngine(store=store)
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"cf-{spec.name}")
+        self.engine = LocalEngine(store=store, run_coroutine=self._await)
+        self._alone = spec.concurrent and spec.batching is None  # each call on its own
+        self._direct = _one_async_map(spec.program) if self._alone else None  # ... on the loop
+        limit = spec.max_inflight or CONCURRENT_LIMIT
+        threads = 2 * limit if self._alone else 1  # the calls held, and as many abandoned ones
+        self.executor = ThreadPoolExecutor(threads, thread_name_prefix=f"cf-{spec.name}")
+        self._running: set[_Call] = set()  # a concurrent stage's calls running now
+        self._thread = threading.local()  # the call a pool thread is running (concurrent stages)
+        self._loop: asyncio.AbstractEventLoop | None = None
         b = spec.batching
         self.batcher = Batcher(b.max_batch_size, b.max_batch_wait_ms / 1000) if b else Batcher()
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
         self._cheap_runs = 0  # consecutive batches under INLINE_BUDGET
-        self._may_inline = not reads_store(spec.program)  # a remote store read would block the loop
+        # a remote store read or a coroutine (run on this loop) would block the loop
+        self._may_inline = not reads_store(spec.program) and not _has_async(spec.program)
         self._cancelled: dict[str, float] = {}  # request -> when it was cancelled (oldest first)
         self.active = 0  # calls held: running or queued
         self._batch_started: float | None = None  # loop time the running batch started
@@ -126,7 +151,8 @@ class Replica:
 
     async def start(self) -> None:
         """Build the stage's class-based operators in the replica's own thread."""
-        await asyncio.get_running_loop().run_in_executor(self.executor, self._warm_up)
+        self._loop = asyncio.get_running_loop()
+        await self._loop.run_in_executor(self.executor, self._warm_up)
 
     def _warm_up(self) -> None:
         with using_device(self.device):
@@ -147,6 +173,8 @@ class Replica:
         loop = asyncio.get_running_loop()
         now = loop.time()
         item = _Call(request, dict(zip(self.slots, inputs, strict=True)), now + timeout, loop.create_future())
+        if self._alone:
+            return await self._run_alone(item)
         if self._cheap_runs >= INLINE_AFTER and not self.batcher.busy and not len(self.batcher):
             return self._run_batch([item])[0], 1  # cheap and idle: no queue, no thread, no extra loop turn
         self.active += 1
@@ -157,9 +185,78 @@ class Replica:
         finally:
             self.active -= 1
 
+    async def _run_alone(self, item: _Call) -> tuple[Table | FlowError | str, int]:
+        """A concurrent stage's call: started at once in a pool thread, ended by its answer, a
+        cancel or its deadline, whichever comes first."""
+        loop = asyncio.get_running_loop()
+        item.started = loop.time()
+        self.active += 1
+        self._running.add(item)
+        job: asyncio.Future[Table | FlowError]
+        if self._direct is not None:
+            job = asyncio.ensure_future(self._run_direct(self._direct, item))
+            item.coroutines.append(job)
+        else:
+            job = loop.run_in_executor(self.executor, self._run_one, item)
+        job.add_done_callback(lambda j: self._answered(item, j))
+        timer = loop.call_at(item.deadline, self._end, item, EXPIRED)
+        try:
+            return await item.future
+        finally:
+            timer.cancel()
+            self.active -= 1
+            self._running.discard(item)
+
+    async def _run_direct(self, node: Map, item: _Call) -> Table | FlowError:
+        (table,) = item.bindings.values()
+        with using_device(self.device):
+            try:
+                return await self.engine.map_async(node, table)
+            except FlowError as exc:
+                return exc
+
+    def _run_one(self, item: _Call) -> Table | FlowError:
+        self._thread.call = item
+        try:
+            return self._run_batch([item])[0]
+        finally:
+            self._thread.call = None
+
+    def _answered(self, item: _Call, job: asyncio.Future[Table | FlowError]) -> None:
+        if item.future.done():  # it was cancelled or expired: its result goes nowhere
+            if not job.cancelled():
+                job.exception()
+            return
+        if job.cancelled() or job.exception() is not None:
+            item.future.set_result((CANCELLED, 0))
+        else:
+            item.future.set_result((job.result(), 1))
+
+    def _end(self, item: _Call, why: str) -> None:
+        """Stop waiting for a running call: it ends with ``why`` now, its coroutines are cancelled,
+        and sync code still running is left to finish in its thread."""
+        if not item.future.done():
+            item.future.set_result((why, 0))
+        for coroutine in list(item.coroutines):
+            coroutine.cancel()
+
+    def _await(self, coro: Any) -> Any:
+        """Run an async map's coroutine on the worker's loop, from a replica thread, to its result;
+        a concurrent stage's call can cancel it there."""
+        assert self._loop is not None
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        item = getattr(self._thread, "call", None)
+        if item is not None:
+            item.coroutines.append(future)
+            if item.future.done():  # ended while this coroutine was being sent
+                future.cancel()
+        return future.result()
+
     def probe(self) -> ReplicaProbe:
-        """Calls held, and seconds the running batch has run (0 when idle)."""
+        """Calls held, and seconds the running batch (or oldest concurrent call) has run (0 when idle)."""
         started = self._batch_started
+        if self._running:
+            started = min(c.started for c in self._running)
         running_for = 0.0 if started is None else asyncio.get_running_loop().time() - started
         return ReplicaProbe(self.active, running_for)
 
@@ -175,6 +272,8 @@ class Replica:
             del self._cancelled[next(iter(self._cancelled))]
         self._cancelled.update(dict.fromkeys(requests, now))
         self._drop(lambda c: c.request in requests)
+        for item in [c for c in self._running if c.request in requests]:
+            self._end(item, CANCELLED)
 
     def _drop(self, predicate: Any, why: str = CANCELLED) -> None:
         for item in self.batcher.drop(predicate):
@@ -235,6 +334,8 @@ class Replica:
         if self._timer is not None:
             self._timer.cancel()
         self._drop(lambda c: True)
+        for item in list(self._running):
+            self._end(item, CANCELLED)
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 
@@ -412,6 +513,17 @@ class CloudflowWorker(WorkerPlugin):
         self._last_sweep = now
         for key in [k for k, (_, t) in self.results.items() if now - t > RESULT_TTL]:
             del self.results[key]
+
+
+def _has_async(program: Node) -> bool:
+    return any(isinstance(n, Map) and n.is_async for n in walk(program))
+
+
+def _one_async_map(program: Node) -> Map | None:
+    """The program's map when it is one unbatched async map over its input slot."""
+    if isinstance(program, Map) and program.is_async and not program.batching:
+        return program if isinstance(program.child, StageInput) else None
+    return None
 
 
 def _peek(table: Table, columns: list[str]) -> dict[str, Any]:

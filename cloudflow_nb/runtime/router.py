@@ -5,7 +5,10 @@ a replica's worker (over its fast connection, :mod:`~cloudflow_nb.runtime.fastpa
 comms; the scheduler never sees a request), and meets the results:
 
 - a stage call goes to the least busy replica, or to the replica on the worker holding the store
-  key of a locality stage; a competitive stage races replicas on distinct workers;
+  key of a locality stage; a competitive stage races replicas (on distinct workers unless the
+  stage is concurrent: async or ``releases_gil``), and cancels the losers once one answers;
+- a hedged stage sends a second copy of a call to another replica when the first has not
+  answered within the :class:`~cloudflow_nb.runtime.hedging.HedgePolicy`'s threshold;
 - admission: a replica holds at most ``StageRuntime.limit`` calls; when no replica of a stage has
   room the call waits in the stage's queue (first come, first served) of at most
   ``StageRuntime.max_queue`` calls, and when that is full too the request fails at once with an
@@ -26,16 +29,17 @@ import asyncio
 import functools
 import uuid
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from cloudflow_nb.errors import DeploymentError, FlowError, FlowTimeoutError, OverloadError
 from cloudflow_nb.physical import SOURCE, Plan, Stage
 from cloudflow_nb.plan import AnyOf, Node, StageInput
-from cloudflow_nb.runtime.admission import Ewma, default_limit, expected_wait, retry_after, with_room
+from cloudflow_nb.runtime.admission import Ewma, default_limit, expected_wait, in_time, retry_after, with_room
 from cloudflow_nb.runtime.comm import worker_gone
 from cloudflow_nb.runtime.fastpath import fast_pool
+from cloudflow_nb.runtime.hedging import HedgePolicy
 from cloudflow_nb.runtime.local import LocalEngine
 from cloudflow_nb.runtime.racing import AllLost, Keep, Race, Win
 from cloudflow_nb.runtime.routing import ReplicaRef, choose_racers, choose_replica
@@ -103,6 +107,8 @@ class StageRuntime:
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     turn: int = 0
     bulky: bool = False  # its last inline output was over BULKY bytes
+    hedge: HedgePolicy | None = None  # when the stage hedges its calls
+    replica_seconds: float = 0.0  # calls' time on replicas, from send to answer (losers' too)
 
     def add(self, replica: ReplicaRef, device: str) -> None:
         """A new live replica."""
@@ -162,7 +168,9 @@ def stage_runtimes(
         keep = stage is not plan.output and not any(r.in_router for r in readers[stage.name])
         peek = sorted({r.locality for r in readers[stage.name] if r.locality})
         limit = default_limit(stage) if max_inflight is None else max_inflight
-        out[stage.name] = StageRuntime(stage, keep, peek, limit, max_queue)
+        out[stage.name] = srt = StageRuntime(stage, keep, peek, limit, max_queue)
+        if stage.hedge_after is not None:
+            srt.hedge = HedgePolicy(stage.hedge_after)
     return out
 
 
@@ -332,7 +340,7 @@ class Router:
                         if tasks[name] is task:
                             ready[i] = task.result().table  # type: ignore[assignment]
             if not ready:
-                srt.stats.record(loop.time() - start, ok=False)
+                srt.stats.record(loop.time() - start, ok=False, kind=type(errors[0]).__name__)
                 raise errors[0]
         program = rewrite(stage.program, lambda node: _first_ready(node, set(ready)))
         slots = {n.slot: n for n in walk(program) if isinstance(n, StageInput)}
@@ -361,13 +369,15 @@ class Router:
                 woken = True
                 continue
             if stage.competitive:
-                chosen = choose_racers(room, srt.inflight, stage.replicas)
+                chosen = choose_racers(room, srt.inflight, stage.replicas, shared=stage.concurrent)
             else:
                 one = choose_replica(room, srt.inflight, srt.turn, prefer)
                 srt.turn += 1
                 chosen = [] if one is None else [one]
             start = loop.time()
-            if len(chosen) == 1:
+            if srt.hedge is not None and chosen:
+                result = await self._hedged(srt, srt.hedge, chosen[0], rid, inputs, deadline)
+            elif len(chosen) == 1:
                 result = await self._send(srt, chosen[0], rid, inputs, deadline)
             else:
                 result = await self._race(srt, chosen, rid, inputs, deadline)
@@ -379,7 +389,8 @@ class Router:
                 srt.stats.retries += 1
                 continue
             outcome, batch = result
-            srt.stats.record(loop.time() - start, not isinstance(outcome, FlowError), batch)
+            failed = isinstance(outcome, FlowError)
+            srt.stats.record(loop.time() - start, not failed, batch, type(outcome).__name__ if failed else None)
             srt.latency.add(loop.time() - start)
             if isinstance(outcome, FlowError):
                 raise outcome
@@ -393,7 +404,7 @@ class Router:
             if len(srt.waiting) >= srt.max_queue:
                 raise self._overloaded(srt, replicas, "its queue is full")
             wait = expected_wait(len(srt.waiting), srt.latency.value, replicas * srt.limit)
-            if wait + srt.latency.value > remaining:
+            if not in_time(wait, srt.latency.value, remaining):
                 raise self._overloaded(
                     srt, replicas, f"it would not answer within the request's {remaining:.2f} s left"
                 )
@@ -429,17 +440,37 @@ class Router:
         lost.intersection_update(srt.replicas)
 
     async def _send(
-        self, srt: StageRuntime, replica: ReplicaRef, rid: str, inputs: Sequence[Output], deadline: float
+        self,
+        srt: StageRuntime,
+        replica: ReplicaRef,
+        rid: str,
+        inputs: Sequence[Output],
+        deadline: float,
+        releases: dict[ReplicaRef, Callable[[], None]] | None = None,
     ) -> tuple[Output | FlowError, int] | _Lost | _Full:
+        """One call to ``replica``; with ``releases``, it files there how to end the call's
+        in-flight accounting early (a race loser's, as its cancel goes out)."""
         remaining = deadline - asyncio.get_running_loop().time()
         if remaining <= 0:  # never start a call nobody will wait for
             raise asyncio.TimeoutError
         bulky = srt.bulky or any(i.table is not None and table_nbytes(i.table) > BULKY for i in inputs)
         srt.inflight[replica] = srt.inflight.get(replica, 0) + 1
         given_up = False
+        sent = asyncio.get_running_loop().time()
+        held = True
+
+        def end() -> None:  # the call no longer holds a slot on its replica (once)
+            nonlocal held
+            if held:
+                held = False
+                srt.ended(replica)
+                srt.replica_seconds += asyncio.get_running_loop().time() - sent
+
+        if releases is not None:
+            releases[replica] = end
 
         def late(reply: asyncio.Future[Any] | None) -> None:  # the call ended after its request gave up
-            srt.ended(replica)
+            end()
             if reply is not None:
                 self._release_late(reply)
 
@@ -468,7 +499,7 @@ class Router:
             return error, 0
         finally:
             if not given_up:
-                srt.ended(replica)
+                end()
         status = reply["status"]
         if status in ("ok", "error"):
             srt.answered[replica] += 1
@@ -493,8 +524,66 @@ class Router:
     async def _race(
         self, srt: StageRuntime, racers: list[ReplicaRef], rid: str, inputs: Sequence[Output], deadline: float
     ) -> tuple[Output | FlowError, int] | _Lost | _Full:
-        race = Race(list(racers))
-        calls = {asyncio.ensure_future(self._send(srt, r, rid, inputs, deadline)): r for r in racers}
+        releases = _releases(srt)
+        calls: dict[asyncio.Future[Any], ReplicaRef] = {
+            asyncio.ensure_future(self._send(srt, r, rid, inputs, deadline, releases)): r for r in racers
+        }
+        result, _ = await self._first_of(calls, rid, releases)
+        return result
+
+    async def _hedged(
+        self,
+        srt: StageRuntime,
+        policy: HedgePolicy,
+        first: ReplicaRef,
+        rid: str,
+        inputs: Sequence[Output],
+        deadline: float,
+    ) -> tuple[Output | FlowError, int] | _Lost | _Full:
+        """Call ``first``; when it has not answered after the policy's delay, send a second copy to
+        the least busy other replica with room (an idle one for a sync stage), take the first
+        answer and cancel the other."""
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        releases = _releases(srt)
+        call = asyncio.ensure_future(self._send(srt, first, rid, inputs, deadline, releases))
+        calls: dict[asyncio.Future[Any], ReplicaRef] = {call: first}
+        try:
+            delay = policy.delay()
+            if delay is not None:
+                await asyncio.wait([call], timeout=min(delay, max(0.0, deadline - start)))
+            second = None
+            if not call.done():  # a sync stage's busy replica would only queue the copy
+                others = [r for r in srt.replicas if r != first and (srt.stage.concurrent or not srt.inflight.get(r))]
+                second = choose_replica(with_room(others, srt.inflight, srt.limit), srt.inflight, srt.turn)
+            if second is None:
+                result = await call
+                if isinstance(result, tuple):
+                    policy.observe(loop.time() - start)
+                return result
+            policy.hedged()
+            calls[asyncio.ensure_future(self._send(srt, second, rid, inputs, deadline, releases))] = second
+            result, winner = await self._first_of(calls, rid, releases)
+            if isinstance(result, tuple):
+                policy.answered(by_hedge=winner is second)
+                policy.observe(loop.time() - start)
+            return result
+        finally:
+            if not call.done() and len(calls) == 1:
+                call.cancel()
+
+    async def _first_of(
+        self,
+        calls: dict[asyncio.Future[Any], ReplicaRef],
+        rid: str,
+        releases: dict[ReplicaRef, Callable[[], None]] | None,
+    ) -> tuple[tuple[Output | FlowError, int] | _Lost | _Full, ReplicaRef | None]:
+        """The first answer among calls already sent and who gave it, or LOST / FULL when every
+        call was lost or refused. The others are cancelled on their replicas; with ``releases``
+        (a concurrent stage, whose replica frees a cancelled call's slot at once), their slots
+        count as free here as soon as the cancel is sent: it travels on the same ordered
+        connection as any later call."""
+        race = Race(list(calls.values()))
         waiting = set(calls)
         try:
             while waiting:
@@ -507,13 +596,15 @@ class Router:
                     if isinstance(decision, Win):
                         for loser in decision.losers:
                             self._spawn(self.fast.call(loser.worker, "cf_cancel", replica=loser.id, requests=[rid]))
+                            if releases is not None and loser in releases:
+                                releases[loser]()
                         for other in waiting:
                             other.add_done_callback(self._discard)
                         waiting = set()
-                        return result
+                        return result, decision.entrant
                     if isinstance(decision, AllLost):
-                        return FULL if all(c.result() is FULL for c in calls) else LOST
-            return LOST
+                        return (FULL if all(c.result() is FULL for c in calls) else LOST), None
+            return LOST, None
         finally:
             for call in waiting:
                 call.cancel()
@@ -562,6 +653,11 @@ class Router:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         task.add_done_callback(_retrieve)
+
+
+def _releases(srt: StageRuntime) -> dict[ReplicaRef, Callable[[], None]] | None:
+    """Where a concurrent stage's calls file how to free their slots early (``None``: others)."""
+    return {} if srt.stage.concurrent else None
 
 
 async def _within(coro: Any, seconds: float) -> Any:

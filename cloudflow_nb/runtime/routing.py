@@ -52,16 +52,41 @@ def choose_replica(
 
 
 def choose_racers(
-    replicas: Sequence[ReplicaRef], inflight: Mapping[ReplicaRef, int], k: int, exclude: Iterable[ReplicaRef] = ()
+    replicas: Sequence[ReplicaRef],
+    inflight: Mapping[ReplicaRef, int],
+    k: int,
+    exclude: Iterable[ReplicaRef] = (),
+    shared: bool = False,
 ) -> list[ReplicaRef]:
-    """Up to ``k`` replicas on distinct workers, least busy first.
+    """Up to ``k`` replicas, least busy first: on distinct workers, or with ``shared`` (a
+    concurrent stage: async or ``releases_gil``) on any workers, spread over them when it can.
 
-    While any replica is idle, only idle ones race: a call queued behind a replica that is still
-    busy (say, with the losing call of the last race) could only start late and then hold that
-    replica for the next request.
+    Without ``shared``, while any replica is idle only idle ones race: a call queued behind a
+    replica that is still busy (say, with the losing call of the last race) could only start late
+    and then hold that replica for the next request. A concurrent replica starts every call it
+    has room for at once, so busy ones race too.
+
+    Examples
+    --------
+    >>> a1, a2, b1 = ReplicaRef("s", "a1", "A"), ReplicaRef("s", "a2", "A"), ReplicaRef("s", "b1", "B")
+    >>> [r.id for r in choose_racers([a1, a2, b1], {}, 3)]
+    ['a1', 'b1']
+    >>> [r.id for r in choose_racers([a1, a2, b1], {a1: 1}, 3, shared=True)]
+    ['a2', 'b1', 'a1']
     """
     skip = set(exclude)
     candidates = [r for r in replicas if r not in skip]
+    if shared:
+        picked: list[ReplicaRef] = []
+        per_worker: dict[str, int] = {}
+        for _ in range(min(k, len(candidates))):
+            best = min(
+                (r for r in candidates if r not in picked),
+                key=lambda r: (inflight.get(r, 0), per_worker.get(r.worker, 0), r.worker, r.id),
+            )
+            picked.append(best)
+            per_worker[best.worker] = per_worker.get(best.worker, 0) + 1
+        return picked
     idle = [r for r in candidates if not inflight.get(r, 0)]
     chosen: list[ReplicaRef] = []
     workers: set[str] = set()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import pickle
 import sys
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import cloudpickle
@@ -140,7 +140,7 @@ def labelled(program: Node) -> Node:
 
     def name(node: Node) -> Node | None:
         if isinstance(node, Map) and node.name is None:
-            return Map(node.child, node.fn, node.names, node.batching, node.gpu, node.high_variance, node.label)
+            return replace(node, name=node.label)
         if isinstance(node, Filter) and node.name is None:
             return Filter(node.child, node.pred, node.label)
         return None

@@ -6,7 +6,7 @@ import pytest
 
 import cloudflow_nb as cf
 from cloudflow_nb.physical import Stage
-from cloudflow_nb.plan import StageInput
+from cloudflow_nb.plan import Map, StageInput
 from cloudflow_nb.runtime.autoscale import ReplicaLoad, StageLoad, WorkerLoad
 from cloudflow_nb.runtime.placement import (
     WorkerInfo,
@@ -119,3 +119,23 @@ def test_removal_takes_the_least_busy_from_the_most_loaded_worker() -> None:
     assert replicas_to_remove([a1], {}, load, 0) == []
     idle, busy = ReplicaLoad("r0", "w1", 0), ReplicaLoad("r1", "w2", 3)
     assert replicas_to_remove([busy, idle], {busy: 3, idle: 0}, {}, 1) == [idle]
+
+
+def _releasing(row: object) -> int:
+    return 0
+
+
+def concurrent_stage(**kw: object) -> Stage:
+    slot = StageInput(0, (("qid", int),))
+    op = Map(slot, _releasing, (("y", int),), releases_gil=True)
+    return Stage("s", op, ("source",), (op,), **kw)  # type: ignore[arg-type]
+
+
+def test_a_concurrent_stages_racers_share_workers_spread_evenly() -> None:
+    racing = concurrent_stage(replicas=3, competitive=True)
+    assert racing.concurrent
+    assert not needs_distinct_workers(racing)
+    assert not needs_distinct_workers(StageLoad("s", competitive=True, concurrent=True))
+    assert target_replicas(racing, 2) == 3
+    assert most_replicas(racing, 2, 4) == 4
+    assert new_placements(racing, CPU, [], {}) == ["tcp://a", "tcp://b", "tcp://a"]

@@ -31,3 +31,12 @@ def test_racers_are_idle_replicas_while_any_is_idle():
     assert choose_racers([a, b, c], {a: 1, b: 0, c: 2}, k=3) == [b]
     assert choose_racers([a, b, c], {a: 2, b: 1, c: 1}, k=2) == [b, c]
     assert choose_racers([a, b, c], {}, k=3, exclude=[b]) == [a, c]
+
+
+def test_a_concurrent_stage_races_k_replicas_busy_or_not_spread_over_workers():
+    a1, a2, b1 = ReplicaRef("s", "a1", "tcp://a"), ReplicaRef("s", "a2", "tcp://a"), ReplicaRef("s", "b1", "tcp://b")
+    assert choose_racers([a1, a2, b1], {}, k=2, shared=True) == [a1, b1]
+    assert choose_racers([a1, a2, b1], {}, k=3, shared=True) == [a1, b1, a2]
+    # a loser still counted on b1 does not keep it out: the stage runs calls side by side
+    assert choose_racers([a1, a2, b1], {b1: 1}, k=3, shared=True) == [a1, a2, b1]
+    assert choose_racers([a1, a2, b1], {}, k=3, exclude=[a1], shared=True) == [a2, b1]

@@ -1,0 +1,232 @@
+"""Real pipelines: the local engine, deployed unoptimized and deployed optimized, side by side.
+
+For each of the paper's four pipelines in ``cloudflow_nb.examples`` (``image_cascade``,
+``video``, ``translation``, ``recommender``; the recommender also on MovieLens-100K), in one run
+on one cluster: the reference engine in this process, the flow deployed without rewrites
+(``optimize=False``: one stage per operator) and deployed optimized (``cf.Optimize()``), each
+under 1 and 8 closed-loop clients sending the module's real requests in turn. The variants take
+turns in short rounds (their order rotating), so drift on the machine hits all of them. Printed:
+median and p99 latency, throughput, and each one's ratio to the unoptimized deployment.
+
+A pipeline module provides ``flow(**options) -> cf.Flow`` and ``requests(n, seed=0, **options)``.
+One that needs its key-value store also defines ``store_data(small=..., **options) -> dict``:
+the benchmark then passes ``small`` (``--quick``: small, else full size) with the options to all
+three, loads the contents into ``cluster.store`` (and passes them to local runs), and clears
+the store after. A module's ``SUBSTITUTIONS`` string, when it has one, is printed with its table:
+what stands in for the paper's models and data (real weights, random weights, which data). A
+module that cannot be imported or set up (a missing package, a system package such as Apertium)
+is skipped with a note.
+
+The cluster: 2 CPU workers and 1 GPU-tagged worker (processes). The store keeps one copy of each
+value (``cluster.store.replicas = 1``), so, as on a cluster with more workers than copies, a
+lookup is local only on the worker that holds its key: what the optimizer's locality routing is
+for.
+
+Run: ``python benchmarks/pipelines.py [--quick] [--pipelines recommender,video] [--seconds S]``;
+``--pipelines`` also takes a dotted module path (your own pipeline, same contract).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from common import closed_loop_latencies, markdown_table, summary
+
+import cloudflow_nb as cf
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A pipeline module, the options its functions take, and the request timeout it needs."""
+
+    path: str
+    options: dict[str, Any] = field(default_factory=dict)  # for flow, requests and store_data
+    clip: tuple[int, int] | None = None  # video: frames per request (full run, --quick)
+    timeout: float = 30.0
+
+
+PIPELINES: dict[str, Entry] = {
+    "image_cascade": Entry("cloudflow_nb.examples.image_cascade"),
+    # HOG costs about 0.2 s per 768x576 frame on one core: the paper's 30-frame clips would give a
+    # figure a handful of requests on two cores, so the full run sends 8 frames per request
+    "video": Entry("cloudflow_nb.examples.video", clip=(8, 2), timeout=300.0),
+    "translation": Entry("cloudflow_nb.examples.translation"),
+    "recommender": Entry("cloudflow_nb.examples.recommender"),
+    "recommender-movielens": Entry("cloudflow_nb.examples.recommender", {"data": "movielens"}),
+}
+CLIENTS = (1, 8)
+SLOWER = 1.05  # a ratio past this (latency up, or throughput down) counts as "optimized slower"
+
+
+@dataclass
+class Runs:
+    """One variant at one concurrency: every latency (ms), seconds spent, and failed requests."""
+
+    latencies: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    errors: int = 0
+
+    def figures(self) -> dict[str, float]:
+        return {"throughput": len(self.latencies) / self.seconds, **summary(self.latencies)}
+
+
+@dataclass
+class Pipeline:
+    """A pipeline module set up for one run: its flow, requests and store contents."""
+
+    name: str
+    flow: cf.Flow
+    requests: list[Any]
+    store: dict[str, Any] | None
+    substitutions: str
+    timeout: float = 30.0
+
+    def request(self, i: int) -> Any:
+        """The ``i``-th request sent: the real requests in turn."""
+        return self.requests[i % len(self.requests)]
+
+
+def set_up(name: str, small: bool, count: int) -> Pipeline | str:
+    """The pipeline ``name`` ready to serve, or why it is skipped."""
+    entry = PIPELINES.get(name, Entry(name))
+    try:
+        module = importlib.import_module(entry.path)
+    except ImportError as exc:
+        return f"cannot import {entry.path} ({exc})"
+    store = None
+    options = entry.options
+    try:
+        if hasattr(module, "store_data"):
+            options = {**options, "small": small}
+            store = module.store_data(**options)
+        clip = {} if entry.clip is None else {"frames": entry.clip[small]}
+        requests = module.requests(count, seed=0, **options, **clip)
+        substitutions = getattr(module, "SUBSTITUTIONS", "not stated by the module")
+        if clip:
+            substitutions += f" Requests carry {clip['frames']} frames each (the paper: 30)."
+        return Pipeline(name, module.flow(**options), requests, store, substitutions, entry.timeout)
+    except cf.FlowError as exc:
+        return f"set-up failed: {exc}"
+
+
+def predictors(pipeline: Pipeline, deps: dict[str, cf.Deployment]) -> dict[str, Callable[[Any], Any]]:
+    """An async ``predict`` per variant; the local engine runs in a thread per call."""
+
+    async def local(request: Any) -> Any:
+        return await asyncio.to_thread(pipeline.flow.run, request, pipeline.store)
+
+    return {"local": local, **{variant: dep.apredict for variant, dep in deps.items()}}
+
+
+def measure(
+    pipeline: Pipeline, predict: dict[str, Callable[[Any], Any]], clients: int, seconds: float, rounds: int
+) -> dict[str, Runs]:
+    """Each variant under ``clients`` closed-loop clients, ``seconds`` in all, in ``rounds`` turns."""
+    runs = {variant: Runs() for variant in predict}
+    order = list(predict)
+    for turn in range(rounds):
+        for variant in order[turn % len(order) :] + order[: turn % len(order)]:
+            run = runs[variant]
+
+            async def counted(request: Any, call: Callable[[Any], Any] = predict[variant], run: Runs = run) -> None:
+                try:
+                    await call(request)
+                except cf.FlowError:
+                    run.errors += 1
+
+            latencies, elapsed = closed_loop_latencies(counted, pipeline.request, clients, seconds / rounds)
+            run.latencies += latencies
+            run.seconds += elapsed
+    return runs
+
+
+def warm_up(pipeline: Pipeline, predict: dict[str, Callable[[Any], Any]]) -> None:
+    """At least one request per client and variant: models load, connections open."""
+    for call in predict.values():
+        closed_loop_latencies(call, pipeline.request, max(CLIENTS), 0.2)
+
+
+def report(pipeline: Pipeline, stages: dict[str, int], results: dict[int, dict[str, Runs]]) -> list[str]:
+    """Print the pipeline's table; the (clients, figure) pairs where optimized was slower."""
+    rows, slower = [], []
+    for clients, runs in results.items():
+        base = runs["unoptimized"].figures()
+        for variant, run in runs.items():
+            f = run.figures()
+            ratios = [f["median"] / base["median"], f["p99"] / base["p99"], f["throughput"] / base["throughput"]]
+            rows.append(
+                [clients, variant, f["median"], f["p99"], f["throughput"], *(f"{r:.2f}x" for r in ratios), run.errors]
+            )
+            if variant == "optimized":
+                worse = {"median": ratios[0] > SLOWER, "p99": ratios[1] > SLOWER, "req/s": ratios[2] < 1 / SLOWER}
+                slower += [f"{clients} clients {what}" for what, bad in worse.items() if bad]
+    headers = ["clients", "variant", "median ms", "p99 ms", "req/s", "median ratio", "p99 ratio", "req/s ratio"]
+    headers.append("errors")
+    plan = ", ".join(f"{variant} {n} stages" for variant, n in stages.items())
+    print(f"\n### {pipeline.name} ({plan}; ratios are to the unoptimized deployment)\n")
+    print(f"Models and data: {pipeline.substitutions}\n")
+    print(markdown_table(headers, rows), flush=True)
+    return slower
+
+
+def serve(cluster: cf.Cluster, pipeline: Pipeline, seconds: float, rounds: int) -> list[str]:
+    """Measure ``pipeline`` on the local engine and deployed both ways; print its table."""
+    if pipeline.store:
+        cluster.store.update(pipeline.store)
+    try:
+        with (
+            cluster.deploy(pipeline.flow, optimize=False, timeout=pipeline.timeout) as plain,
+            cluster.deploy(pipeline.flow, optimize=cf.Optimize(), timeout=pipeline.timeout) as optimized,
+        ):
+            predict = predictors(pipeline, {"unoptimized": plain, "optimized": optimized})
+            warm_up(pipeline, predict)
+            results = {n: measure(pipeline, predict, n, seconds, rounds) for n in CLIENTS}
+            stages = {"unoptimized": len(plain.plan.stages), "optimized": len(optimized.plan.stages)}
+    finally:
+        cluster.store.clear()
+    return report(pipeline, stages, results)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small stores, fewer requests, shorter runs")
+    parser.add_argument("--pipelines", default=",".join(PIPELINES), help="comma-separated names or module paths")
+    parser.add_argument("--seconds", type=float, help="seconds per variant and concurrency (default 3, quick 1)")
+    args = parser.parse_args()
+    seconds = args.seconds or (1.0 if args.quick else 3.0)
+    rounds = 1 if args.quick else 3
+    count = 8 if args.quick else 32
+    print(f"## Real pipelines: local engine, deployed unoptimized and optimized; {seconds:g} s per figure")
+    verdicts: dict[str, list[str]] = {}
+    failed = []
+    with cf.LocalCluster(workers=2, gpu_workers=1, dashboard=False) as cluster:
+        cluster.store.replicas = 1
+        for name in args.pipelines.split(","):
+            pipeline = set_up(name, args.quick, count)
+            if isinstance(pipeline, str):
+                print(f"\n{name}: skipped: {pipeline}", flush=True)
+                continue
+            started = time.perf_counter()
+            try:
+                verdicts[name] = serve(cluster, pipeline, seconds, rounds)
+            except Exception as exc:  # one broken pipeline must not hide the others' figures
+                print(f"\n{name}: FAILED: {type(exc).__name__}: {exc}", flush=True)
+                failed.append(name)
+                continue
+            print(f"({time.perf_counter() - started:.0f} s)", flush=True)
+    print()
+    for name, slower in verdicts.items():
+        verdict = "optimized never slower" if not slower else "optimized SLOWER at " + ", ".join(slower)
+        print(f"Target ({name}: optimized never slower than unoptimized, {SLOWER - 1:.0%} noise allowed): {verdict}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -120,11 +120,11 @@ def encode_frame(rid: int, obj: Any) -> list[Piece]:
     head = io.BytesIO()
     head.write(_BLANK)
     _Pickler(head, protocol=5, buffer_callback=out_of_band).dump(obj)
-    pickled = head.tell() - HEADER.size - TABLE.size
     if not buffers:  # the common case: one piece
         first = head.getbuffer()
-        _START.pack_into(first, 0, len(first) - HEADER.size, rid, 0, pickled)
+        _START.pack_into(first, 0, len(first) - HEADER.size, rid, 0, len(first) - _START.size)
         return [first]
+    pickled = head.tell() - _START.size
     for buf in buffers:
         head.write(LENGTH.pack(buf.nbytes))
     pieces: list[Piece] = []
@@ -145,15 +145,15 @@ def encode_frame(rid: int, obj: Any) -> list[Piece]:
 
 def frame_size(pieces: list[Piece]) -> int:
     """The payload length of a frame :func:`encode_frame` made (what its header announces)."""
-    return sum(memoryview(p).nbytes for p in pieces) - HEADER.size
+    return int(HEADER.unpack_from(pieces[0])[0])
 
 
 def write_frame(transport: asyncio.WriteTransport, pieces: list[Piece]) -> None:
     """Write a frame's pieces in order, each from its own memory (no joined copy)."""
-    first, *buffers = pieces
-    transport.write(first)
-    for piece in buffers:
-        transport.write(bytes(piece) if _SNAPSHOT else piece)
+    transport.write(pieces[0])
+    if len(pieces) > 1:
+        for piece in pieces[1:]:
+            transport.write(bytes(piece) if _SNAPSHOT else piece)
 
 
 def split_frame(frame: bytearray | memoryview) -> Frame:
@@ -203,6 +203,7 @@ class FrameReader:
     def __init__(self, max_frame: int = 256 * 2**20) -> None:
         self.max_frame = max_frame
         self._scratch = bytearray(SCRATCH)
+        self._view = memoryview(self._scratch)  # never resized: the view stays valid
         self._start = 0  # scratch[start:end] holds bytes not yet part of a complete frame
         self._end = 0
         self._frame: bytearray | None = None  # a large frame being filled, header included
@@ -212,7 +213,7 @@ class FrameReader:
         """Where the next bytes should be read to (never empty)."""
         if self._frame is not None:
             return memoryview(self._frame)[self._filled :]
-        return memoryview(self._scratch)[self._end :]
+        return self._view[self._end :]
 
     def buffer_updated(self, nbytes: int) -> list[Frame]:
         """``nbytes`` were read into the last :meth:`get_buffer`: the frames now complete."""
@@ -223,6 +224,12 @@ class FrameReader:
             frame, self._frame = self._frame, None
             return [split_frame(frame)]
         self._end += nbytes
+        if self._start == 0 and self._end >= _START.size:  # the common case: one whole frame, no buffers
+            size, rid, count, pickled = _START.unpack_from(self._scratch)
+            total = HEADER.size + size
+            if total == self._end and count == 0 and pickled == total - _START.size and size <= self.max_frame:
+                self._end = 0
+                return [Frame(rid, memoryview(self._scratch[_START.size : total]))]
         return self._split()
 
     def feed(self, data: bytes | memoryview) -> list[Frame]:
@@ -247,12 +254,12 @@ class FrameReader:
             total = HEADER.size + size
             have = self._end - self._start
             if have >= total:
-                frames.append(split_frame(scratch[self._start : self._start + total]))  # a copy
+                frames.append(self._small(self._start, total))
                 self._start += total
                 continue
             if total > len(scratch):  # read the rest straight into the frame's own buffer
                 self._frame = bytearray(total)
-                self._frame[:have] = memoryview(scratch)[self._start : self._end]
+                self._frame[:have] = self._view[self._start : self._end]
                 self._filled = have
                 self._start = self._end = 0
             break
@@ -261,3 +268,12 @@ class FrameReader:
             scratch[:rest] = scratch[self._start : self._end]  # a copy: the two may overlap
             self._start, self._end = 0, rest
         return frames
+
+    def _small(self, start: int, total: int) -> Frame:
+        """The complete frame of ``total`` bytes at ``start`` in the scratch space, copied out."""
+        scratch = self._scratch
+        if total >= _START.size:
+            _, rid, count, pickled = _START.unpack_from(scratch, start)
+            if count == 0 and pickled == total - _START.size:  # no buffers: copy the pickle alone
+                return Frame(rid, memoryview(scratch[start + _START.size : start + total]))
+        return split_frame(scratch[start : start + total])

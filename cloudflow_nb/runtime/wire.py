@@ -71,7 +71,8 @@ def encode_table(table: Table) -> Any:
 
 
 def decode_table(schema: Schema, rows: list[list[Any]]) -> Table:
-    """The table :func:`encode_table` encoded, given its schema."""
+    """The table :func:`encode_table` encoded, given its schema (a :class:`TensorView` that was
+    never pickled, as between in-process workers, becomes its tensor here)."""
     names = schema.names
     return Table(
         schema,

@@ -80,3 +80,11 @@ def test_dask_comms_carry_tensors_in_frames_of_their_own() -> None:
     got = decode_table(SCHEMA, dask_loads([bytearray(f) for f in frames])["rows"])[0]["t"]
     assert type(got) is torch.Tensor
     assert torch.equal(got, tensor)
+
+
+def test_a_view_that_was_never_pickled_becomes_its_tensor() -> None:
+    tensor = torch.arange(10_000, dtype=torch.float32)
+    encoded = encode_table(cf.Table(SCHEMA, [{"qid": 0, "t": tensor}]))  # as in-process workers get it
+    got = decode_table(SCHEMA, encoded.data)[0]["t"]
+    assert type(got) is torch.Tensor
+    assert torch.equal(got, tensor)

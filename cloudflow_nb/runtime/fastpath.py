@@ -4,17 +4,19 @@ Dask comms stay the control plane (deploy, store, placement, failure detection).
 calls (``cf_call``, ``cf_cancel``, ``cf_release``) take this shorter path: each worker serves the
 same handlers on a plain asyncio server on its own event loop (:class:`FastServer`), and a
 process talking to workers keeps one persistent, pipelined connection per worker
-(:class:`FastPool`). A frame is a header (payload length, request id) and a pickle (protocol 5)
-of ``(op, kwargs)`` or ``(ok, value)``; values wrapped in Dask's ``to_serialize`` travel through
-Dask's own pickler, so what arrives is what the Dask comm path would deliver.
+(:class:`FastPool`). A frame (:mod:`~cloudflow_nb.runtime.frames`) is a header (payload length,
+request id), a pickle (protocol 5) of ``(op, kwargs)`` or ``(ok, value)`` and the large buffers of
+its arrays and tensors beside it, written from their own memory and read into one buffer per
+frame; values wrapped in Dask's ``to_serialize`` travel through Dask's own pickler, so what
+arrives is what the Dask comm path would deliver.
 
 The transport runs between ``tcp://`` addresses, and between ``tls://`` ones over TLS with the SSL
 contexts of the cluster's Dask ``Security`` (the worker's listen context, the caller's connection
 context); other schemes keep every call on Dask comms. When a worker's fast port is unknown or
 cannot be reached, the call goes over Dask comms instead, so correctness never depends on this
 module; a connection lost mid-call fails that call with an ``OSError``, exactly like a broken
-Dask comm. Worker-to-worker fetches of kept outputs stay on Dask comms: they carry tables over
-``INLINE_LIMIT``, where Dask's out-of-band buffers beat a pickle copy.
+Dask comm. Worker-to-worker fetches of kept outputs stay on Dask comms (tables over
+``INLINE_LIMIT``, their arrays in Dask's own out-of-band frames).
 
 Security: each worker's server holds a random 32-byte secret of its own, handed out only over
 Dask comms (``cf_fast``, with the port: the trust Dask already asks, since whoever can call a
@@ -42,10 +44,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import io
 import logging
 import pickle
-import struct
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -62,6 +62,15 @@ from distributed.utils import parse_ports
 from cloudflow_nb.errors import DeploymentError
 from cloudflow_nb.runtime.auth import AuthError, ClientHandshake, ServerHandshake, new_secret
 from cloudflow_nb.runtime.comm import worker_gone
+from cloudflow_nb.runtime.frames import (
+    Frame,
+    FrameError,
+    FrameReader,
+    FrameTooLarge,
+    encode_frame,
+    frame_size,
+    write_frame,
+)
 
 if TYPE_CHECKING:
     from distributed.core import ConnectionPool
@@ -71,18 +80,15 @@ __all__ = [
     "FastPool",
     "FastServer",
     "FastSettings",
-    "FrameReader",
-    "FrameTooLarge",
-    "encode_frame",
     "fast_pool",
     "open_connection",
 ]
 
 logger = logging.getLogger(__name__)
 
-HEADER = struct.Struct("!QQ")  # payload length, request id
 RETRY_AFTER = 5.0  # seconds before a worker whose fast port failed is tried again
 MAX_PENDING = 128  # connections a server lets sit in the handshake at once
+HANDSHAKE_READ = 256  # bytes read at once during the handshake (its messages are shorter)
 _POOLS: weakref.WeakKeyDictionary[Any, FastPool] = weakref.WeakKeyDictionary()
 
 # ``cloudflow.fastpath.*`` in dask.config, and the value of each when it is not set
@@ -152,76 +158,6 @@ def _positive(key: str, value: Any, parse: Callable[[Any], Any], form: str) -> A
     if parsed is None or parsed <= 0:
         raise DeploymentError(f"cloudflow.fastpath.{key}: {value!r} is not {form} above zero")
     return parsed
-
-
-class FrameTooLarge(ValueError):
-    """A frame over the fast path's ``max-frame`` cap (refused before its buffer is made)."""
-
-
-def _unwrap(obj: Serialize) -> tuple[Callable[[bytes], Any], tuple[bytes]]:
-    return dask_pickle.loads, (dask_pickle.dumps(obj.data, protocol=5),)
-
-
-class _Pickler(pickle.Pickler):
-    dispatch_table = {Serialize: _unwrap}
-
-
-def encode_frame(rid: int, obj: Any) -> memoryview:
-    """One frame: ``obj`` pickled (``to_serialize`` contents through Dask's pickler), with its id."""
-    buf = io.BytesIO()
-    buf.write(bytes(HEADER.size))
-    _Pickler(buf, protocol=5).dump(obj)
-    frame = buf.getbuffer()
-    HEADER.pack_into(frame, 0, len(frame) - HEADER.size, rid)
-    return frame
-
-
-class FrameReader:
-    """Splits a byte stream into frames, however the stream was cut (a frame split across reads
-    is filled into one buffer of its size: large frames cost one copy).
-
-    Parameters
-    ----------
-    max_frame : int
-        The largest payload accepted: a header claiming more raises :class:`FrameTooLarge`
-        before any buffer is made.
-    """
-
-    def __init__(self, max_frame: int = FastSettings.max_frame) -> None:
-        self.max_frame = max_frame
-        self._head = b""  # the start of a frame whose header is not complete yet
-        self._frame: bytearray | None = None  # a frame being filled, header included
-        self._filled = 0
-
-    def feed(self, data: bytes) -> list[tuple[int, memoryview]]:
-        """Add received bytes; the ``(request id, payload)`` of every frame now complete."""
-        if self._head:
-            data, self._head = self._head + data, b""
-        view = memoryview(data)
-        frames: list[tuple[int, memoryview]] = []
-        pos = 0
-        if self._frame is not None:
-            pos = min(len(data), len(self._frame) - self._filled)
-            self._frame[self._filled : self._filled + pos] = view[:pos]
-            self._filled += pos
-            if self._filled < len(self._frame):
-                return frames
-            frame, self._frame = self._frame, None
-            frames.append((HEADER.unpack_from(frame)[1], memoryview(frame)[HEADER.size :]))
-        while len(data) - pos >= HEADER.size:
-            size, rid = HEADER.unpack_from(data, pos)
-            if size > self.max_frame:
-                raise FrameTooLarge(f"a frame of {size} bytes is over the fast path's cap of {self.max_frame}")
-            end = pos + HEADER.size + size
-            if end > len(data):
-                self._frame = bytearray(HEADER.size + size)
-                self._filled = len(data) - pos
-                self._frame[: self._filled] = view[pos:]
-                return frames
-            frames.append((rid, view[pos + HEADER.size : end]))
-            pos = end
-        self._head = bytes(view[pos:])
-        return frames
 
 
 def _portable(exc: BaseException) -> BaseException:
@@ -302,13 +238,50 @@ class FastServer:
             conn.close()
 
 
-class _ServerConnection(asyncio.Protocol):
+class _Framed(asyncio.BufferedProtocol):
+    """Reads into the handshake's small buffer until the handshake is over, then into the
+    :class:`~cloudflow_nb.runtime.frames.FrameReader`'s buffers (large frames in place)."""
+
+    _auth: ServerHandshake | ClientHandshake | None  # None once the handshake is over
+
+    def __init__(self, max_frame: int) -> None:
+        self._greeting = bytearray(HANDSHAKE_READ)
+        self._reader = FrameReader(max_frame)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self._auth is not None:
+            return memoryview(self._greeting)
+        return self._reader.get_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._auth is not None:
+            self.handshake(bytes(self._greeting[:nbytes]))
+            return
+        try:
+            frames = self._reader.buffer_updated(nbytes)
+        except (FrameTooLarge, FrameError) as exc:
+            self.bad_frame(exc)
+            return
+        for frame in frames:
+            self.received(frame)
+
+    def handshake(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def received(self, frame: Frame) -> None:
+        raise NotImplementedError
+
+    def bad_frame(self, exc: ValueError) -> None:
+        raise NotImplementedError
+
+
+class _ServerConnection(_Framed):
     def __init__(self, server: FastServer) -> None:
+        super().__init__(server.settings.max_frame)
         self.server = server
         self.transport: asyncio.Transport | None = None
         self._auth: ServerHandshake | None = ServerHandshake(server.key)  # None once the client proved itself
         self._timer: asyncio.TimerHandle | None = None  # the handshake's deadline, while it runs
-        self._reader = FrameReader(server.settings.max_frame)
         self._tasks: set[asyncio.Task[None]] = set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -326,23 +299,18 @@ class _ServerConnection(asyncio.Protocol):
         )
         self.transport.write(self._auth.hello)
 
-    def data_received(self, data: bytes) -> None:
-        if self._auth is not None:
-            self._handshake(self._auth, data)
-            return
-        try:
-            frames = self._reader.feed(data)
-        except FrameTooLarge as exc:
-            self._refuse(str(exc))
-            return
-        for rid, payload in frames:
-            self.server.requests += 1
-            task = asyncio.ensure_future(self._serve(rid, payload))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+    def received(self, frame: Frame) -> None:
+        self.server.requests += 1
+        task = asyncio.ensure_future(self._serve(frame))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
-    def _handshake(self, auth: ServerHandshake, data: bytes) -> None:
-        if self._timer is None:
+    def bad_frame(self, exc: ValueError) -> None:
+        self._refuse(str(exc))
+
+    def handshake(self, data: bytes) -> None:
+        auth = self._auth
+        if self._timer is None or auth is None:
             return  # refused already
         try:
             proof = auth.feed(data)
@@ -366,9 +334,10 @@ class _ServerConnection(asyncio.Protocol):
         self.server.refused += 1
         self.close()
 
-    async def _serve(self, rid: int, payload: memoryview) -> None:
+    async def _serve(self, request: Frame) -> None:
+        rid = request.rid
         try:
-            op, kwargs = pickle.loads(payload)
+            op, kwargs = request.load()
             handler = self.server.handlers[op]
             result = handler(**kwargs)
             if inspect.isawaitable(result):
@@ -376,11 +345,12 @@ class _ServerConnection(asyncio.Protocol):
             frame = encode_frame(rid, (True, result))
         except Exception as exc:  # the caller gets it raised, as with a Dask comm handler
             frame = encode_frame(rid, (False, Serialize(_portable(exc))))
-        if len(frame) - HEADER.size > self.server.settings.max_frame:  # the caller asks again over Dask comms
-            too_large = FrameTooLarge(f"a reply of {len(frame)} bytes is over the fast path's cap")
+        size = frame_size(frame)
+        if size > self.server.settings.max_frame:  # the caller asks again over Dask comms
+            too_large = FrameTooLarge(f"a reply of {size} bytes is over the fast path's cap")
             frame = encode_frame(rid, (False, too_large))
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(frame)
+            write_frame(self.transport, frame)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.close()
@@ -397,7 +367,7 @@ class _ServerConnection(asyncio.Protocol):
 # -- the calling side -----------------------------------------------------------------------------
 
 
-class FastConnection(asyncio.Protocol):
+class FastConnection(_Framed):
     """One client connection: requests are pipelined and matched to replies by request id.
 
     Made by :func:`open_connection`: :attr:`ready` resolves once the handshake proved that both
@@ -412,12 +382,12 @@ class FastConnection(asyncio.Protocol):
     """
 
     def __init__(self, key: bytes, max_frame: int = FastSettings.max_frame) -> None:
+        super().__init__(max_frame)
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.max_frame = max_frame
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._auth: ClientHandshake | None = ClientHandshake(key)
-        self._reader = FrameReader(max_frame)
         self._waiting: dict[int, asyncio.Future[Any]] = {}
         self._next = 0
 
@@ -434,14 +404,15 @@ class FastConnection(asyncio.Protocol):
         self._next += 1
         rid = self._next
         frame = encode_frame(rid, (op, kwargs))  # an unpicklable argument raises here, as on Dask comms
-        if len(frame) - HEADER.size > self.max_frame:
-            raise FrameTooLarge(f"a request of {len(frame)} bytes is over the fast path's cap of {self.max_frame}")
+        size = frame_size(frame)
+        if size > self.max_frame:
+            raise FrameTooLarge(f"a request of {size} bytes is over the fast path's cap of {self.max_frame}")
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._waiting[rid] = future
         waiting = True
         try:
-            self.transport.write(frame)
+            write_frame(self.transport, frame)
             return await future
         except asyncio.CancelledError:
             if on_late is not None:
@@ -457,31 +428,27 @@ class FastConnection(asyncio.Protocol):
             if waiting:
                 self._waiting.pop(rid, None)
 
-    def data_received(self, data: bytes) -> None:
-        if self._auth is not None:
-            self._handshake(self._auth, data)
-            return
-        try:
-            frames = self._reader.feed(data)
-        except FrameTooLarge as exc:
-            logger.warning("fast path: closed the connection to %s: %s", self._peer(), exc)
-            self.close()
-            return
-        for rid, payload in frames:
-            future = self._waiting.pop(rid, None)
-            if future is None or future.done():
-                continue  # its caller gave up (deadline, race lost)
-            try:
-                ok, value = pickle.loads(payload)
-            except Exception as exc:
-                future.set_exception(exc)
-                continue
-            if ok:
-                future.set_result(value)
-            else:
-                future.set_exception(value)
+    def bad_frame(self, exc: ValueError) -> None:
+        logger.warning("fast path: closed the connection to %s: %s", self._peer(), exc)
+        self.close()
 
-    def _handshake(self, auth: ClientHandshake, data: bytes) -> None:
+    def received(self, frame: Frame) -> None:
+        future = self._waiting.pop(frame.rid, None)
+        if future is None or future.done():
+            return  # its caller gave up (deadline, race lost)
+        try:
+            ok, value = frame.load()
+        except Exception as exc:
+            future.set_exception(exc)
+            return
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+    def handshake(self, data: bytes) -> None:
+        auth = self._auth
+        assert auth is not None
         try:
             answer = auth.feed(data)
         except AuthError as exc:
@@ -571,11 +538,10 @@ class FastPool:
 
     async def call(self, worker: str, op: str, bulky: bool = False, on_late: Late | None = None, **kwargs: Any) -> Any:
         """``op(**kwargs)`` on ``worker``: over its fast connection when there is one, else over
-        Dask comms. ``bulky`` calls (megabytes of arrays) take Dask comms, whose out-of-band
-        buffers skip the copies a pickled frame makes, and so do requests or replies over the
-        fast path's cap (such a reply's call runs again there). A connection lost mid-call raises
-        ``ConnectionResetError`` (an ``OSError``, like a broken Dask comm); the next call
-        reconnects.
+        Dask comms. ``bulky`` calls (megabytes of payload) take Dask comms, and so do requests or
+        replies over the fast path's cap (such a reply's call runs again there). A connection lost
+        mid-call raises ``ConnectionResetError`` (an ``OSError``, like a broken Dask comm); the
+        next call reconnects.
 
         ``on_late`` is for a caller that gives up early (its task is cancelled): it is called
         once the call has really ended, with the future of the late reply (when the worker still

@@ -53,7 +53,6 @@ from typing import TYPE_CHECKING, Any
 
 from distributed.comm.addressing import get_address_host
 from distributed.diagnostics.plugin import WorkerPlugin
-from distributed.protocol.serialize import to_serialize
 
 from cloudflow_nb.errors import FlowError
 from cloudflow_nb.physical import Batching
@@ -468,15 +467,16 @@ class CloudflowWorker(WorkerPlugin):
                 raise
             if not reply["found"]:
                 return None
-            tables.append(reply["table"])
+            tables.append(decode_table(slot.schema, reply["rows"]))
         return tables
 
     def fetch(self, key: str) -> dict[str, Any]:
-        """A kept output, for the next stage's worker."""
+        """A kept output, for the next stage's worker (its rows as :func:`encode_table` sends them:
+        arrays and tensors out of band)."""
         entry = self.results.get(key)
         if entry is None:
             return {"found": False}
-        return {"found": True, "table": to_serialize(entry[0])}
+        return {"found": True, "rows": encode_table(entry[0])}
 
     def release(self, keys: list[str]) -> None:
         """Free kept outputs."""

@@ -11,7 +11,6 @@ import asyncio
 import hashlib
 import hmac
 import os
-import pickle
 import socket
 import struct
 import time
@@ -28,6 +27,7 @@ import cloudflow_nb as cf
 from cloudflow_nb.runtime import fastpath
 from cloudflow_nb.runtime.auth import HELLO, MAGIC, AuthError, ClientHandshake, ServerHandshake, new_secret
 from cloudflow_nb.runtime.fastpath import FastServer, FastSettings, open_connection
+from cloudflow_nb.runtime.frames import HEADER, encode_frame
 
 HANDSHAKE_TIMEOUT = 1.0  # seconds, on the test cluster's workers
 
@@ -163,8 +163,16 @@ def _exploit(marker: Path) -> bytes:
         def __reduce__(self) -> Any:
             return os.system, (f"touch {marker}",)
 
-    body = pickle.dumps(("cf_call", {"replica": Exploit()}))
-    return struct.pack("!QQ", len(body), 1) + body
+    return b"".join(encode_frame(1, ("cf_call", {"replica": Exploit()})))
+
+
+def _lying_frame(marker: Path, count: int, lengths: list[int]) -> bytes:
+    """The exploit's pickle in a frame whose buffer table claims ``count`` buffers of ``lengths``."""
+    frame = _exploit(marker)
+    _, pickled = struct.unpack_from("!IQ", frame, HEADER.size)
+    body = frame[HEADER.size + 12 : HEADER.size + 12 + pickled]
+    payload = struct.pack("!IQ", count, pickled) + body + b"".join(struct.pack("!Q", n) for n in lengths) + bytes(64)
+    return HEADER.pack(len(payload), 1) + payload
 
 
 def _connect(port: int) -> socket.socket:
@@ -264,6 +272,34 @@ def test_a_header_claiming_2gib_allocates_nothing(target) -> None:
         sock.sendall(struct.pack("!QQ", 2 << 30, 1))
         assert _closed_by_peer(sock, 10)
     assert process.memory_info().rss - before < 256 * 2**20
+    _still_serves(dep)
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_a_frame_whose_buffer_table_lies_is_refused_before_unpickling(target, tmp_path) -> None:
+    cluster, dep = target
+    info = _worker(cluster)
+    process = psutil.Process(info["pid"])
+    before = process.memory_info().rss
+    marker = tmp_path / "pwned-buffers"
+    lies = [
+        _lying_frame(marker, 2**32 - 1, []),  # more buffers than any frame may hold
+        _lying_frame(marker, 2, [8]),  # a buffer table past the end of the frame
+        _lying_frame(marker, 1, [2**40]),  # a 1 TiB buffer in a frame of a few hundred bytes
+        _lying_frame(marker, 1, [8]),  # bytes the table does not account for
+    ]
+    for frame in lies:
+        with _connect(info["port"]) as sock:  # a member that knows the secret
+            hello = _recv_exact(sock, HELLO)
+            sock.sendall(_member_answer(info["key"], hello, os.urandom(32)))
+            _recv_exact(sock, 32)
+            sock.sendall(frame)
+            assert _closed_by_peer(sock, 10)
+    time.sleep(0.5)
+    assert not marker.exists()
+    assert _worker(cluster)["refused"] >= info["refused"] + len(lies)
+    assert process.memory_info().rss - before < 64 * 2**20
     _still_serves(dep)
 
 

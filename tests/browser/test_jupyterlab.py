@@ -160,7 +160,8 @@ def test_unticking_fusion_changes_the_plan_text(ran):
 
 
 def test_dashboard_is_drawn_with_data(ran):
-    output = _cell(ran.page, "dash = cf.dashboard(dep").locator(".jp-OutputArea-output").last
+    """The live view of the serving notebook draws the bokeh dashboard under the graph."""
+    output = _cell(ran.page, "view = cf.watch(dep").locator(".jp-OutputArea-output").last
     canvas = output.locator("canvas")  # bokeh draws inside (open) shadow roots; locators pierce them
     canvas.first.wait_for(state="attached", timeout=UI_TIMEOUT_MS)
     boxes = canvas.evaluate_all("cs => cs.map(c => c.getBoundingClientRect().toJSON())")

@@ -222,9 +222,11 @@ class Deployment:
         """Per-request and per-stage figures: counts, errors, retries, latency percentiles (ms),
         batch sizes, where each replica runs, the seconds calls held replicas (``replica_seconds``,
         race losers' and hedges' included) and a hedged stage's ``hedge`` counts (``sent``,
-        ``won``, its threshold), and for a competitive stage the ``racers`` a call gets (fewer than
-        asked when a plain sync stage has fewer suitable workers); under ``"autoscale"``, replicas and targets per
-        stage, workers added and removed and the autoscaler's last decisions."""
+        ``won``, its threshold), and for a competitive stage the ``racers`` a raced call gets (fewer
+        than asked when a plain sync stage has fewer suitable workers) and whether ``racing`` pays
+        (:class:`~cloudflow_nb.runtime.racepolicy.RacePolicy`'s decision and figures); under
+        ``"autoscale"``, replicas and targets per stage, workers added and removed and the
+        autoscaler's last decisions."""
         return self._loop.run(self._stats(), timeout=10)
 
     async def _stats(self) -> dict[str, Any]:
@@ -242,6 +244,7 @@ class Deployment:
                 "racers": len(choose_racers(srt.replicas, {}, stage.replicas, shared=stage.concurrent))
                 if stage.competitive
                 else None,
+                "racing": None if srt.race is None else srt.race.summary(),
                 "hedge": None if srt.hedge is None else srt.hedge.summary(),
                 "replica_seconds": round(srt.replica_seconds, 6),
                 "batching": stage.batching.max_batch_size if stage.batching else None,

@@ -6,7 +6,9 @@ comms; the scheduler never sees a request), and meets the results:
 
 - a stage call goes to the least busy replica, or to the replica on the worker holding the store
   key of a locality stage; a competitive stage races replicas (on distinct workers unless the
-  stage is concurrent: async or ``releases_gil``), and cancels the losers once one answers;
+  stage is concurrent: async or ``releases_gil``), and cancels the losers once one answers, while
+  its :class:`~cloudflow_nb.runtime.racepolicy.RacePolicy` finds that racing pays, else sends
+  each call to one replica (racing now and then to see whether it pays again);
 - a hedged stage sends a second copy of a call to another replica when the first has not
   answered within the :class:`~cloudflow_nb.runtime.hedging.HedgePolicy`'s threshold;
 - admission: a replica holds at most ``StageRuntime.limit`` calls; when no replica of a stage has
@@ -41,6 +43,7 @@ from cloudflow_nb.runtime.comm import worker_gone
 from cloudflow_nb.runtime.fastpath import fast_pool
 from cloudflow_nb.runtime.hedging import HedgePolicy
 from cloudflow_nb.runtime.local import LocalEngine
+from cloudflow_nb.runtime.racepolicy import RacePolicy
 from cloudflow_nb.runtime.racing import AllLost, Keep, Race, Win
 from cloudflow_nb.runtime.routing import ReplicaRef, choose_racers, choose_replica
 from cloudflow_nb.runtime.stats import Recorder
@@ -108,6 +111,7 @@ class StageRuntime:
     turn: int = 0
     bulky: bool = False  # its last inline output was over BULKY bytes
     hedge: HedgePolicy | None = None  # when the stage hedges its calls
+    race: RacePolicy | None = None  # when the stage races its calls
     replica_seconds: float = 0.0  # calls' time on replicas, from send to answer (losers' too)
 
     def add(self, replica: ReplicaRef, device: str) -> None:
@@ -171,6 +175,8 @@ def stage_runtimes(
         out[stage.name] = srt = StageRuntime(stage, keep, peek, limit, max_queue)
         if stage.hedge_after is not None:
             srt.hedge = HedgePolicy(stage.hedge_after)
+        elif stage.competitive:
+            srt.race = RacePolicy(stage.replicas)
     return out
 
 
@@ -368,8 +374,8 @@ class Router:
                 full.clear()
                 woken = True
                 continue
-            if stage.competitive:
-                chosen = choose_racers(room, srt.inflight, stage.replicas, shared=stage.concurrent)
+            if srt.race is not None:
+                chosen = choose_racers(room, srt.inflight, srt.race.racers(), shared=stage.concurrent)
             else:
                 one = choose_replica(room, srt.inflight, srt.turn, prefer)
                 srt.turn += 1
@@ -390,8 +396,11 @@ class Router:
                 continue
             outcome, batch = result
             failed = isinstance(outcome, FlowError)
-            srt.stats.record(loop.time() - start, not failed, batch, type(outcome).__name__ if failed else None)
-            srt.latency.add(loop.time() - start)
+            seconds = loop.time() - start
+            srt.stats.record(seconds, not failed, batch, type(outcome).__name__ if failed else None)
+            srt.latency.add(seconds)
+            if srt.race is not None and not failed:
+                srt.race.observe(len(chosen), seconds)
             if isinstance(outcome, FlowError):
                 raise outcome
             return outcome

@@ -1,0 +1,123 @@
+"""Adaptive racing as a sans-I/O policy: race a competitive stage's calls only while it pays.
+
+Racing k replicas cuts the tail when the racers run on spare capacity (other machines, sleeping or
+I/O-bound calls), and costs when they fight over the same cores: then every raced call is slower
+than one sent to a single replica. The optimizer cannot tell which at plan time; the router can
+measure it. :class:`RacePolicy` keeps the latencies of the last :data:`WINDOW` raced calls and of
+the last :data:`WINDOW` single calls, and compares their median and tail (p90):
+
+- it starts by racing as planned, sending one call in :data:`LEARN_EVERY` to a single replica
+  until it has :data:`MIN_SAMPLES` of both kinds;
+- racing pays when raced calls are clearly faster on one figure (at most :data:`PAYS` of single)
+  and no slower on the other; then it races, else it sends each call to one replica;
+- either way it probes the other kind on one call in :data:`PROBE_EVERY`, so a change (the load
+  that slowed the racers went away, say) is noticed once a few probes have replaced the old
+  figures.
+
+Latencies are compared under the same load, so the policy sees racers slowing each other down,
+but not racing's cost to other stages sharing the cores. The router asks :meth:`RacePolicy.racers`
+before each call and reports the answered ones to :meth:`RacePolicy.observe`; the policy never
+sleeps nor sends.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from cloudflow_nb.runtime.stats import percentile
+
+__all__ = ["LEARN_EVERY", "MIN_SAMPLES", "PAYS", "PROBE_EVERY", "WINDOW", "RacePolicy"]
+
+WINDOW = 16  # recent latencies kept per kind (raced, single)
+MIN_SAMPLES = 5  # of each kind before the policy decides anything
+LEARN_EVERY = 5  # while learning, one call in this many goes the other way
+PROBE_EVERY = 10  # once decided, one call in this many goes the other way
+PAYS = 0.9  # raced p50 or p90 at most this fraction of single's (and neither above single's)
+TAIL = 90  # the tail percentile compared
+
+
+class RacePolicy:
+    """How many replicas race the next call of one competitive stage.
+
+    Parameters
+    ----------
+    planned : int
+        Racers per call the plan asks for (``compete=k``).
+
+    Examples
+    --------
+    >>> policy = RacePolicy(2)
+    >>> [policy.racers() for _ in range(5)]  # races as planned, with a single probe
+    [2, 2, 2, 2, 1]
+    >>> for _ in range(MIN_SAMPLES):
+    ...     policy.observe(2, 0.160)
+    ...     policy.observe(1, 0.100)
+    >>> policy.racing
+    False
+    >>> policy.summary()
+    'does not pay (raced p50 1.60x, p90 1.60x of single): one replica per call, probing'
+    """
+
+    def __init__(self, planned: int) -> None:
+        self.planned = planned
+        self.raced: deque[float] = deque(maxlen=WINDOW)
+        self.single: deque[float] = deque(maxlen=WINDOW)
+        self.racing = True  # races as planned until measured otherwise
+        self.calls = 0
+        self._ratios: tuple[float, float] | None = None
+
+    def racers(self) -> int:
+        """Replicas to race the next call on (1: send it to one)."""
+        self.calls += 1
+        other = self.single if self.racing else self.raced
+        every = LEARN_EVERY if len(other) < MIN_SAMPLES else PROBE_EVERY
+        probe = self.calls % every == 0
+        return self.planned if self.racing != probe else 1
+
+    def observe(self, racers: int, seconds: float) -> None:
+        """A call sent to ``racers`` replicas answered after ``seconds``."""
+        (self.raced if racers > 1 else self.single).append(seconds)
+        if len(self.raced) < MIN_SAMPLES or len(self.single) < MIN_SAMPLES:
+            return
+        self._ratios = ratios(list(self.raced), list(self.single))
+        self.racing = pays(*self._ratios)
+
+    def summary(self) -> str:
+        """The decision and the figures behind it, for ``dep.stats()``."""
+        if self._ratios is None:
+            return (
+                f"racing as planned, learning (timed {len(self.raced)} raced and {len(self.single)} single "
+                f"calls, of {MIN_SAMPLES} each)"
+            )
+        p50, tail = self._ratios
+        figures = f"raced p50 {p50:.2f}x, p{TAIL} {tail:.2f}x of single"
+        if self.racing:
+            return f"pays: {figures}"
+        return f"does not pay ({figures}): one replica per call, probing"
+
+
+def ratios(raced: list[float], single: list[float]) -> tuple[float, float]:
+    """Raced latencies' p50 and p90 as fractions of single calls' (``inf`` when single's is 0).
+
+    Examples
+    --------
+    >>> ratios([1.0, 2.0, 3.0], [4.0, 4.0, 6.0])
+    (0.5, 0.5)
+    """
+    out = []
+    for q in (50, TAIL):
+        r, s = percentile(raced, q) or 0.0, percentile(single, q) or 0.0
+        out.append(r / s if s > 0 else float("inf"))
+    return out[0], out[1]
+
+
+def pays(p50: float, tail: float) -> bool:
+    """Whether racing pays: clearly faster on one figure (at most :data:`PAYS`), no slower on the
+    other.
+
+    Examples
+    --------
+    >>> pays(0.95, 0.6), pays(0.85, 1.2), pays(1.6, 1.5)
+    (True, False, False)
+    """
+    return min(p50, tail) <= PAYS and max(p50, tail) <= 1.0

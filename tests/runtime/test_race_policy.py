@@ -1,0 +1,83 @@
+"""The adaptive racing policy with made-up latencies: no Dask, no clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from cloudflow_nb.runtime.racepolicy import LEARN_EVERY, MIN_SAMPLES, PROBE_EVERY, WINDOW, RacePolicy, pays
+
+
+def _serve(policy: RacePolicy, calls: int, raced: float, single: float) -> list[int]:
+    """Run ``calls`` calls whose latency depends only on whether they were raced; their racers."""
+    chosen = []
+    for _ in range(calls):
+        k = policy.racers()
+        policy.observe(k, raced if k > 1 else single)
+        chosen.append(k)
+    return chosen
+
+
+def test_starts_racing_as_planned_and_probes_single_calls_while_learning():
+    policy = RacePolicy(3)
+    chosen = [policy.racers() for _ in range(2 * LEARN_EVERY)]
+    assert chosen == [3] * (LEARN_EVERY - 1) + [1] + [3] * (LEARN_EVERY - 1) + [1]
+    assert policy.summary() == f"racing as planned, learning (timed 0 raced and 0 single calls, of {MIN_SAMPLES} each)"
+
+
+def test_racing_faster_keeps_racing_with_a_single_probe_now_and_then():
+    policy = RacePolicy(2)
+    _serve(policy, LEARN_EVERY * MIN_SAMPLES, raced=0.030, single=0.050)
+    assert policy.racing
+    assert policy.summary() == "pays: raced p50 0.60x, p90 0.60x of single"
+    chosen = _serve(policy, 10 * PROBE_EVERY, raced=0.030, single=0.050)
+    assert chosen.count(1) == 10
+    assert policy.racing
+
+
+def test_racing_slower_sends_to_one_replica_and_probes_racing():
+    policy = RacePolicy(2)
+    _serve(policy, LEARN_EVERY * MIN_SAMPLES, raced=0.160, single=0.100)
+    assert not policy.racing
+    assert policy.summary() == "does not pay (raced p50 1.60x, p90 1.60x of single): one replica per call, probing"
+    chosen = _serve(policy, 10 * PROBE_EVERY, raced=0.160, single=0.100)
+    assert chosen.count(2) == 10  # one probe in PROBE_EVERY
+    assert not policy.racing
+
+
+def test_a_change_is_noticed_after_probes():
+    policy = RacePolicy(2)
+    _serve(policy, LEARN_EVERY * MIN_SAMPLES, raced=0.160, single=0.100)
+    assert not policy.racing
+    # the contention went away: raced probes are now faster; racing resumes within a window's probes
+    chosen = _serve(policy, WINDOW * PROBE_EVERY, raced=0.040, single=0.100)
+    assert policy.racing
+    assert chosen[-PROBE_EVERY:].count(2) == PROBE_EVERY - 1
+    # and stops again once racers contend again
+    _serve(policy, WINDOW * PROBE_EVERY, raced=0.200, single=0.100)
+    assert not policy.racing
+
+
+def test_only_the_tail_faster_pays_while_a_slower_median_does_not():
+    policy = RacePolicy(2)
+    for ms in (10, 10, 10, 10, 90):  # single: a slow call in five
+        policy.observe(1, ms / 1000)
+    for ms in (10, 10, 10, 10, 12):  # raced: same median, the tail cut
+        policy.observe(2, ms / 1000)
+    assert policy.racing
+    assert pays(0.95, 0.5)
+    assert not pays(1.2, 0.5)
+    assert not pays(0.95, 0.95)
+
+
+def test_failed_or_unraced_calls_keep_it_learning():
+    policy = RacePolicy(2)
+    for _ in range(3 * WINDOW):
+        policy.observe(1, 0.010)  # e.g. one replica left: every call went to one
+    assert policy.racing
+    assert policy.summary().startswith("racing as planned, learning")
+
+
+@pytest.mark.parametrize("planned", [2, 3])
+def test_racers_is_planned_or_one(planned):
+    policy = RacePolicy(planned)
+    assert set(_serve(policy, 200, raced=0.05, single=0.02)) == {planned, 1}

@@ -6,10 +6,11 @@ than one sent to a single replica. The optimizer cannot tell which at plan time;
 measure it. :class:`RacePolicy` keeps the latencies of the last :data:`WINDOW` raced calls and of
 the last :data:`WINDOW` single calls, and compares their median and tail (p90):
 
-- it starts by racing as planned, sending one call in :data:`LEARN_EVERY` to a single replica
-  until it has :data:`MIN_SAMPLES` of both kinds;
+- it starts by racing :data:`RACE_FIRST` calls as planned, then sends every other call to a
+  single replica until it has :data:`MIN_SAMPLES` of both kinds;
 - racing pays when raced calls are clearly faster on one figure (at most :data:`PAYS` of single)
-  and no slower on the other; then it races, else it sends each call to one replica;
+  and not clearly slower on the other (at most :data:`WORSE`); then it races, else it sends each
+  call to one replica;
 - either way it probes the other kind on one call in :data:`PROBE_EVERY`, so a change (the load
   that slowed the racers went away, say) is noticed once a few probes have replaced the old
   figures.
@@ -26,13 +27,14 @@ from collections import deque
 
 from cloudflow_nb.runtime.stats import percentile
 
-__all__ = ["LEARN_EVERY", "MIN_SAMPLES", "PAYS", "PROBE_EVERY", "WINDOW", "RacePolicy"]
+__all__ = ["MIN_SAMPLES", "PAYS", "PROBE_EVERY", "RACE_FIRST", "WINDOW", "WORSE", "RacePolicy", "pays", "ratios"]
 
 WINDOW = 16  # recent latencies kept per kind (raced, single)
-MIN_SAMPLES = 5  # of each kind before the policy decides anything
-LEARN_EVERY = 5  # while learning, one call in this many goes the other way
+MIN_SAMPLES = 4  # of each kind before the policy decides anything
+RACE_FIRST = 4  # calls raced as planned before the first single one
 PROBE_EVERY = 10  # once decided, one call in this many goes the other way
-PAYS = 0.9  # raced p50 or p90 at most this fraction of single's (and neither above single's)
+PAYS = 0.9  # racing pays when raced p50 or p90 is at most this fraction of single's...
+WORSE = 1.1  # ...and the other at most this fraction
 TAIL = 90  # the tail percentile compared
 
 
@@ -47,8 +49,8 @@ class RacePolicy:
     Examples
     --------
     >>> policy = RacePolicy(2)
-    >>> [policy.racers() for _ in range(5)]  # races as planned, with a single probe
-    [2, 2, 2, 2, 1]
+    >>> [policy.racers() for _ in range(8)]  # races as planned, then learns
+    [2, 2, 2, 2, 1, 2, 1, 2]
     >>> for _ in range(MIN_SAMPLES):
     ...     policy.observe(2, 0.160)
     ...     policy.observe(1, 0.100)
@@ -69,9 +71,9 @@ class RacePolicy:
     def racers(self) -> int:
         """Replicas to race the next call on (1: send it to one)."""
         self.calls += 1
-        other = self.single if self.racing else self.raced
-        every = LEARN_EVERY if len(other) < MIN_SAMPLES else PROBE_EVERY
-        probe = self.calls % every == 0
+        if self._ratios is None:  # learning
+            return 1 if self.calls > RACE_FIRST and (self.calls - RACE_FIRST) % 2 else self.planned
+        probe = self.calls % PROBE_EVERY == 0
         return self.planned if self.racing != probe else 1
 
     def observe(self, racers: int, seconds: float) -> None:
@@ -112,12 +114,12 @@ def ratios(raced: list[float], single: list[float]) -> tuple[float, float]:
 
 
 def pays(p50: float, tail: float) -> bool:
-    """Whether racing pays: clearly faster on one figure (at most :data:`PAYS`), no slower on the
-    other.
+    """Whether racing pays: clearly faster on one figure (at most :data:`PAYS` of single's), not
+    clearly slower on the other (at most :data:`WORSE`).
 
     Examples
     --------
-    >>> pays(0.95, 0.6), pays(0.85, 1.2), pays(1.6, 1.5)
+    >>> pays(1.05, 0.6), pays(0.85, 1.2), pays(1.6, 1.5)
     (True, False, False)
     """
-    return min(p50, tail) <= PAYS and max(p50, tail) <= 1.0
+    return min(p50, tail) <= PAYS and max(p50, tail) <= WORSE

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from cloudflow_nb.runtime.racepolicy import LEARN_EVERY, MIN_SAMPLES, PROBE_EVERY, WINDOW, RacePolicy, pays
+from cloudflow_nb.runtime.racepolicy import MIN_SAMPLES, PROBE_EVERY, RACE_FIRST, WINDOW, RacePolicy, pays
+
+LEARNING = RACE_FIRST + 2 * MIN_SAMPLES  # calls until both kinds have been timed enough
 
 
 def _serve(policy: RacePolicy, calls: int, raced: float, single: float) -> list[int]:
@@ -17,16 +19,16 @@ def _serve(policy: RacePolicy, calls: int, raced: float, single: float) -> list[
     return chosen
 
 
-def test_starts_racing_as_planned_and_probes_single_calls_while_learning():
+def test_starts_racing_as_planned_then_alternates_while_learning():
     policy = RacePolicy(3)
-    chosen = [policy.racers() for _ in range(2 * LEARN_EVERY)]
-    assert chosen == [3] * (LEARN_EVERY - 1) + [1] + [3] * (LEARN_EVERY - 1) + [1]
+    chosen = [policy.racers() for _ in range(RACE_FIRST + 6)]
+    assert chosen == [3] * RACE_FIRST + [1, 3] * 3
     assert policy.summary() == f"racing as planned, learning (timed 0 raced and 0 single calls, of {MIN_SAMPLES} each)"
 
 
 def test_racing_faster_keeps_racing_with_a_single_probe_now_and_then():
     policy = RacePolicy(2)
-    _serve(policy, LEARN_EVERY * MIN_SAMPLES, raced=0.030, single=0.050)
+    _serve(policy, LEARNING, raced=0.030, single=0.050)
     assert policy.racing
     assert policy.summary() == "pays: raced p50 0.60x, p90 0.60x of single"
     chosen = _serve(policy, 10 * PROBE_EVERY, raced=0.030, single=0.050)
@@ -36,7 +38,7 @@ def test_racing_faster_keeps_racing_with_a_single_probe_now_and_then():
 
 def test_racing_slower_sends_to_one_replica_and_probes_racing():
     policy = RacePolicy(2)
-    _serve(policy, LEARN_EVERY * MIN_SAMPLES, raced=0.160, single=0.100)
+    _serve(policy, LEARNING, raced=0.160, single=0.100)
     assert not policy.racing
     assert policy.summary() == "does not pay (raced p50 1.60x, p90 1.60x of single): one replica per call, probing"
     chosen = _serve(policy, 10 * PROBE_EVERY, raced=0.160, single=0.100)
@@ -46,7 +48,7 @@ def test_racing_slower_sends_to_one_replica_and_probes_racing():
 
 def test_a_change_is_noticed_after_probes():
     policy = RacePolicy(2)
-    _serve(policy, LEARN_EVERY * MIN_SAMPLES, raced=0.160, single=0.100)
+    _serve(policy, LEARNING, raced=0.160, single=0.100)
     assert not policy.racing
     # the contention went away: raced probes are now faster; racing resumes within a window's probes
     chosen = _serve(policy, WINDOW * PROBE_EVERY, raced=0.040, single=0.100)
@@ -59,12 +61,12 @@ def test_a_change_is_noticed_after_probes():
 
 def test_only_the_tail_faster_pays_while_a_slower_median_does_not():
     policy = RacePolicy(2)
-    for ms in (10, 10, 10, 10, 90):  # single: a slow call in five
+    for ms in (10, 10, 10, 90):  # single: a slow call in four
         policy.observe(1, ms / 1000)
-    for ms in (10, 10, 10, 10, 12):  # raced: same median, the tail cut
+    for ms in (10, 10, 10, 12):  # raced: same median, the tail cut
         policy.observe(2, ms / 1000)
     assert policy.racing
-    assert pays(0.95, 0.5)
+    assert pays(1.05, 0.5)
     assert not pays(1.2, 0.5)
     assert not pays(0.95, 0.95)
 

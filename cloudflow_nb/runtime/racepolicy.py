@@ -4,16 +4,20 @@ Racing k replicas cuts the tail when the racers run on spare capacity (other mac
 I/O-bound calls), and costs when they fight over the same cores: then every raced call is slower
 than one sent to a single replica. The optimizer cannot tell which at plan time; the router can
 measure it. :class:`RacePolicy` keeps the latencies of the last :data:`WINDOW` raced calls and of
-the last :data:`WINDOW` single calls, and compares their median and tail (p90):
+the last :data:`WINDOW` single calls, and compares their median and tail (p99, which for a
+window this size is about its slowest call):
 
 - it starts by racing :data:`RACE_FIRST` calls as planned, then sends every other call to a
   single replica until it has :data:`MIN_SAMPLES` of both kinds;
-- racing pays when raced calls are clearly faster on one figure (at most :data:`PAYS` of single)
-  and not clearly slower on the other (at most :data:`WORSE`); then it races, else it sends each
-  call to one replica;
-- either way it probes the other kind on one call in :data:`PROBE_EVERY`, so a change (the load
-  that slowed the racers went away, say) is noticed once a few probes have replaced the old
-  figures.
+- racing pays when raced calls are clearly faster on the median or the tail (at most :data:`PAYS`
+  of single's) and their median is not clearly slower (at most :data:`WORSE`: a tail read from
+  a few dozen calls is one unlucky call away from noise); then it races, else it sends each call
+  to one replica;
+- either way it probes the other kind now and then, so a change (the load that slowed the racers
+  went away, say) is noticed once probes have replaced the old figures: a raced call in
+  :data:`PROBE_RACED` while not racing, and a single call in :data:`PROBE_SINGLE` while racing
+  (rarer: a single call is exposed to the very tail racing cuts, and p99 is made of 1% of calls).
+  Racers that start to slow each other down show in the raced figures at once.
 
 Latencies are compared under the same load, so the policy sees racers slowing each other down,
 but not racing's cost to other stages sharing the cores. The router asks :meth:`RacePolicy.racers`
@@ -27,15 +31,27 @@ from collections import deque
 
 from cloudflow_nb.runtime.stats import percentile
 
-__all__ = ["MIN_SAMPLES", "PAYS", "PROBE_EVERY", "RACE_FIRST", "WINDOW", "WORSE", "RacePolicy", "pays", "ratios"]
+__all__ = [
+    "MIN_SAMPLES",
+    "PAYS",
+    "PROBE_RACED",
+    "PROBE_SINGLE",
+    "RACE_FIRST",
+    "WINDOW",
+    "WORSE",
+    "RacePolicy",
+    "pays",
+    "ratios",
+]
 
-WINDOW = 16  # recent latencies kept per kind (raced, single)
-MIN_SAMPLES = 4  # of each kind before the policy decides anything
+WINDOW = 32  # recent latencies kept per kind (raced, single)
+MIN_SAMPLES = 8  # of each kind before the policy decides anything (a median of fewer is noise)
 RACE_FIRST = 4  # calls raced as planned before the first single one
-PROBE_EVERY = 10  # once decided, one call in this many goes the other way
-PAYS = 0.9  # racing pays when raced p50 or p90 is at most this fraction of single's...
-WORSE = 1.1  # ...and the other at most this fraction
-TAIL = 90  # the tail percentile compared
+PROBE_RACED = 10  # while not racing, one call in this many races
+PROBE_SINGLE = 50  # while racing, one call in this many goes to a single replica
+PAYS = 0.9  # racing pays when raced p50 or p99 is at most this fraction of single's...
+WORSE = 1.1  # ...and raced p50 at most this fraction
+TAIL = 99  # the tail percentile compared
 
 
 class RacePolicy:
@@ -57,7 +73,7 @@ class RacePolicy:
     >>> policy.racing
     False
     >>> policy.summary()
-    'does not pay (raced p50 1.60x, p90 1.60x of single): one replica per call, probing'
+    'does not pay (raced p50 1.60x, p99 1.60x of single): one replica per call, probing'
     """
 
     def __init__(self, planned: int) -> None:
@@ -73,7 +89,7 @@ class RacePolicy:
         self.calls += 1
         if self._ratios is None:  # learning
             return 1 if self.calls > RACE_FIRST and (self.calls - RACE_FIRST) % 2 else self.planned
-        probe = self.calls % PROBE_EVERY == 0
+        probe = self.calls % (PROBE_SINGLE if self.racing else PROBE_RACED) == 0
         return self.planned if self.racing != probe else 1
 
     def observe(self, racers: int, seconds: float) -> None:
@@ -99,7 +115,7 @@ class RacePolicy:
 
 
 def ratios(raced: list[float], single: list[float]) -> tuple[float, float]:
-    """Raced latencies' p50 and p90 as fractions of single calls' (``inf`` when single's is 0).
+    """Raced latencies' p50 and p99 as fractions of single calls' (``inf`` when single's is 0).
 
     Examples
     --------
@@ -114,12 +130,12 @@ def ratios(raced: list[float], single: list[float]) -> tuple[float, float]:
 
 
 def pays(p50: float, tail: float) -> bool:
-    """Whether racing pays: clearly faster on one figure (at most :data:`PAYS` of single's), not
-    clearly slower on the other (at most :data:`WORSE`).
+    """Whether racing pays: clearly faster on the median or the tail (at most :data:`PAYS` of
+    single's), with a median not clearly slower (at most :data:`WORSE`).
 
     Examples
     --------
-    >>> pays(1.05, 0.6), pays(0.85, 1.2), pays(1.6, 1.5)
-    (True, False, False)
+    >>> pays(1.05, 0.6), pays(0.85, 1.2), pays(1.2, 0.5), pays(0.95, 0.95)
+    (True, True, False, False)
     """
-    return min(p50, tail) <= PAYS and max(p50, tail) <= WORSE
+    return p50 <= WORSE and min(p50, tail) <= PAYS

@@ -52,7 +52,7 @@ def _flow(fn, **flags) -> cf.Flow:
 
 
 def _serve(dep: cf.Deployment, tmp_path: Path, calls: int) -> None:
-    """``calls`` requests one after the other (the policy learns in its first 12), each answered."""
+    """``calls`` requests one after the other (the policy learns in its first 20), each answered."""
     for i in range(calls):
         assert dep.predict({"x": i, "dir": str(tmp_path)}, timeout=30)[0]["x"] == i + 1
 
@@ -70,7 +70,7 @@ def test_racers_that_slow_each_other_down_stop_racing(serving_cluster, tmp_path)
 def test_racers_on_spare_capacity_keep_racing(serving_cluster, tmp_path):
     flow = _flow(gamma_sleep, releases_gil=True)
     with serving_cluster.deploy(flow, optimize=cf.Optimize(compete=3)) as dep:
-        _serve(dep, tmp_path, 80)  # single calls are probes here: enough of them for a steady median
+        _serve(dep, tmp_path, 100)
         stage = dep.stats()["stages"]["s"]
-    assert (stage["racers"], stage["count"], stage["errors"]) == (3, 80, 0)
+    assert (stage["racers"], stage["count"], stage["errors"]) == (3, 100, 0)
     assert stage["racing"].startswith("pays: raced p50 "), stage["racing"]

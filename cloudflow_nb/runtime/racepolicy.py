@@ -8,7 +8,9 @@ the last :data:`WINDOW` single calls, and compares their median and tail (p99, w
 window this size is about its slowest call):
 
 - it starts by racing :data:`RACE_FIRST` calls as planned, then sends every other call to a
-  single replica until it has :data:`MIN_SAMPLES` of both kinds;
+  single replica until it has :data:`MIN_SAMPLES` of both kinds (or :data:`EARLY` of both,
+  when raced calls' median is already :data:`COSTS` times single's or more: racers fighting over
+  the same cores need no long look);
 - racing pays when raced calls are clearly faster on the median or the tail (at most :data:`PAYS`
   of single's) and their median is not much slower (at most :data:`WORSE`: racing may trade a
   little median for a much shorter tail, but a tail read from a few dozen calls is one unlucky
@@ -32,6 +34,8 @@ from collections import deque
 from cloudflow_nb.runtime.stats import percentile
 
 __all__ = [
+    "COSTS",
+    "EARLY",
     "MIN_SAMPLES",
     "PAYS",
     "PROBE_RACED",
@@ -46,6 +50,8 @@ __all__ = [
 
 WINDOW = 32  # recent latencies kept per kind (raced, single)
 MIN_SAMPLES = 8  # of each kind before the policy decides anything (a median of fewer is noise)
+EARLY = 4  # of each kind before it decides that racing clearly costs...
+COSTS = 1.5  # ...its median at least this many times single's
 RACE_FIRST = 4  # calls raced as planned before the first single one
 PROBE_RACED = 10  # while not racing, one call in this many races
 PROBE_SINGLE = 50  # while racing, one call in this many goes to a single replica
@@ -95,10 +101,14 @@ class RacePolicy:
     def observe(self, racers: int, seconds: float) -> None:
         """A call sent to ``racers`` replicas answered after ``seconds``."""
         (self.raced if racers > 1 else self.single).append(seconds)
-        if len(self.raced) < MIN_SAMPLES or len(self.single) < MIN_SAMPLES:
+        timed = min(len(self.raced), len(self.single))
+        if timed < EARLY:
             return
-        self._ratios = ratios(list(self.raced), list(self.single))
-        self.racing = pays(*self._ratios)
+        found = ratios(list(self.raced), list(self.single))
+        if timed < MIN_SAMPLES and self._ratios is None and found[0] < COSTS:
+            return  # still learning: only a clear cost ends it early
+        self._ratios = found
+        self.racing = pays(*found)
 
     def summary(self) -> str:
         """The decision and the figures behind it, for ``dep.stats()``."""

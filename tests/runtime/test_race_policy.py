@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cloudflow_nb.runtime.racepolicy import (
+    EARLY,
     MIN_SAMPLES,
     PROBE_RACED,
     PROBE_SINGLE,
@@ -42,6 +43,14 @@ def test_racing_faster_keeps_racing_with_a_single_probe_now_and_then():
     chosen = _serve(policy, 10 * PROBE_SINGLE, raced=0.030, single=0.050)
     assert chosen.count(1) == 10
     assert policy.racing
+
+
+def test_a_clear_cost_ends_learning_early_a_gain_does_not():
+    costly, paying = RacePolicy(2), RacePolicy(2)
+    _serve(costly, RACE_FIRST + 2 * EARLY, raced=0.160, single=0.100)
+    _serve(paying, RACE_FIRST + 2 * EARLY, raced=0.030, single=0.100)
+    assert costly.summary().startswith("does not pay (raced p50 1.60x")
+    assert paying.summary().startswith("racing as planned, learning")
 
 
 def test_racing_slower_sends_to_one_replica_and_probes_racing():

@@ -4,21 +4,22 @@ Racing k replicas cuts the tail when the racers run on spare capacity (other mac
 I/O-bound calls), and costs when they fight over the same cores: then every raced call is slower
 than one sent to a single replica. The optimizer cannot tell which at plan time; the router can
 measure it. :class:`RacePolicy` keeps the latencies of the last :data:`WINDOW` raced calls and of
-the last :data:`WINDOW` single calls, and compares their median and tail (p99, which for a
-window this size is about its slowest call):
+the last :data:`WINDOW` single calls, and compares their median and tail (p95: for a window
+this size, its second slowest call, so that one unlucky call does not decide):
 
 - it starts by racing :data:`RACE_FIRST` calls as planned, then sends every other call to a
   single replica until it has :data:`MIN_SAMPLES` of both kinds (or :data:`EARLY` of both,
   when raced calls' median is already :data:`COSTS` times single's or more: racers fighting over
   the same cores need no long look);
 - racing pays when raced calls are clearly faster on the median or the tail (at most :data:`PAYS`
-  of single's) and their median is not much slower (at most :data:`WORSE`: racing may trade a
-  little median for a much shorter tail, but a tail read from a few dozen calls is one unlucky
-  call away from noise); then it races, else it sends each call to one replica;
+  of single's) and not much slower on the other (at most :data:`WORSE`: racing may trade a little
+  median for a much shorter tail, or the other way round); then it races, else it sends each
+  call to one replica. Both figures count because a stage's calls may differ in work (a
+  translator's empty batches and long sentences): a median alone can be one kind of call;
 - either way it probes the other kind now and then, so a change (the load that slowed the racers
   went away, say) is noticed once probes have replaced the old figures: a raced call in
   :data:`PROBE_RACED` while not racing, and a single call in :data:`PROBE_SINGLE` while racing
-  (rarer: a single call is exposed to the very tail racing cuts, and p99 is made of 1% of calls).
+  (rarer: a single call is exposed to the very tail racing cuts, and a p99 is made of 1% of calls).
   Racers that start to slow each other down show in the raced figures at once.
 
 Latencies are compared under the same load, so the policy sees racers slowing each other down,
@@ -55,9 +56,9 @@ COSTS = 1.5  # ...its median at least this many times single's
 RACE_FIRST = 4  # calls raced as planned before the first single one
 PROBE_RACED = 10  # while not racing, one call in this many races
 PROBE_SINGLE = 50  # while racing, one call in this many goes to a single replica
-PAYS = 0.9  # racing pays when raced p50 or p99 is at most this fraction of single's...
-WORSE = 1.25  # ...and raced p50 at most this fraction
-TAIL = 99  # the tail percentile compared
+PAYS = 0.9  # racing pays when raced p50 or p95 is at most this fraction of single's...
+WORSE = 1.25  # ...and the other at most this fraction
+TAIL = 95  # the tail percentile compared
 
 
 class RacePolicy:
@@ -79,7 +80,7 @@ class RacePolicy:
     >>> policy.racing
     False
     >>> policy.summary()
-    'does not pay (raced p50 1.60x, p99 1.60x of single): one replica per call, probing'
+    'does not pay (raced p50 1.60x, p95 1.60x of single): one replica per call, probing'
     """
 
     def __init__(self, planned: int) -> None:
@@ -125,7 +126,7 @@ class RacePolicy:
 
 
 def ratios(raced: list[float], single: list[float]) -> tuple[float, float]:
-    """Raced latencies' p50 and p99 as fractions of single calls' (``inf`` when single's is 0).
+    """Raced latencies' p50 and p95 as fractions of single calls' (``inf`` when single's is 0).
 
     Examples
     --------
@@ -141,11 +142,11 @@ def ratios(raced: list[float], single: list[float]) -> tuple[float, float]:
 
 def pays(p50: float, tail: float) -> bool:
     """Whether racing pays: clearly faster on the median or the tail (at most :data:`PAYS` of
-    single's), with a median not clearly slower (at most :data:`WORSE`).
+    single's), not much slower on the other (at most :data:`WORSE`).
 
     Examples
     --------
-    >>> pays(1.2, 0.1), pays(0.85, 1.2), pays(1.3, 0.1), pays(0.95, 0.95)
-    (True, True, False, False)
+    >>> pays(1.2, 0.1), pays(0.85, 1.2), pays(1.3, 0.1), pays(0.5, 1.3), pays(0.95, 0.95)
+    (True, True, False, False, False)
     """
-    return p50 <= WORSE and min(p50, tail) <= PAYS
+    return min(p50, tail) <= PAYS and max(p50, tail) <= WORSE

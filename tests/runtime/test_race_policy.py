@@ -39,7 +39,7 @@ def test_racing_faster_keeps_racing_with_a_single_probe_now_and_then():
     policy = RacePolicy(2)
     _serve(policy, LEARNING, raced=0.030, single=0.050)
     assert policy.racing
-    assert policy.summary() == "pays: raced p50 0.60x, p99 0.60x of single"
+    assert policy.summary() == "pays: raced p50 0.60x, p95 0.60x of single"
     chosen = _serve(policy, 10 * PROBE_SINGLE, raced=0.030, single=0.050)
     assert chosen.count(1) == 10
     assert policy.racing
@@ -57,7 +57,7 @@ def test_racing_slower_sends_to_one_replica_and_probes_racing():
     policy = RacePolicy(2)
     _serve(policy, LEARNING, raced=0.160, single=0.100)
     assert not policy.racing
-    assert policy.summary() == "does not pay (raced p50 1.60x, p99 1.60x of single): one replica per call, probing"
+    assert policy.summary() == "does not pay (raced p50 1.60x, p95 1.60x of single): one replica per call, probing"
     chosen = _serve(policy, 10 * PROBE_RACED, raced=0.160, single=0.100)
     assert chosen.count(2) == 10
     assert not policy.racing
@@ -71,21 +71,22 @@ def test_a_change_is_noticed_after_probes():
     chosen = _serve(policy, WINDOW * PROBE_RACED, raced=0.040, single=0.100)
     assert policy.racing
     assert chosen[-PROBE_RACED:] == [2] * PROBE_RACED
-    # and stops again soon after racers contend again: the raced figures show it at once
+    # and stops again once racers contend again: the raced tail shows it within a few calls
     chosen = _serve(policy, WINDOW, raced=0.200, single=0.100)
     assert not policy.racing
-    assert chosen.count(2) > WINDOW / 2
+    assert chosen.count(2) < WINDOW / 4
 
 
-def test_only_the_tail_faster_pays_while_a_slower_median_does_not():
+def test_a_faster_tail_alone_pays_unless_the_median_is_much_slower():
     policy = RacePolicy(2)
     for ms in (10, 10, 10, 90) * (MIN_SAMPLES // 4):  # single: a slow call in four
         policy.observe(1, ms / 1000)
     for ms in (10, 10, 10, 12) * (MIN_SAMPLES // 4):  # raced: same median, the tail cut
         policy.observe(2, ms / 1000)
-    assert policy.summary() == "pays: raced p50 1.00x, p99 0.13x of single"
+    assert policy.summary() == "pays: raced p50 1.00x, p95 0.13x of single"
     assert pays(1.05, 0.5)
     assert not pays(1.3, 0.5)
+    assert not pays(0.5, 1.3)  # a median of cheap calls, say, while the long ones got slower
     assert not pays(0.95, 0.95)
 
 

@@ -19,6 +19,7 @@ import cloudpickle
 
 from cloudflow_nb.errors import DeploymentError, FlowError, FlowTimeoutError
 from cloudflow_nb.runtime.autoscale import Autoscale
+from cloudflow_nb.runtime.batchsize import adaptive_batching
 from cloudflow_nb.runtime.controller import Controller, WorkerScaler, list_workers
 from cloudflow_nb.runtime.registry import valid_name
 from cloudflow_nb.runtime.router import DEFAULT_QUEUE, Router, stage_runtimes
@@ -245,6 +246,7 @@ class Deployment:
                 "hedge": None if srt.hedge is None else srt.hedge.summary(),
                 "replica_seconds": round(srt.replica_seconds, 6),
                 "batching": stage.batching.max_batch_size if stage.batching else None,
+                "adaptive_batching": adaptive_batching(stage.batching, srt.batch_costs.values()),
                 "locality": stage.locality,
                 "in_router": stage.in_router,
                 "max_inflight": srt.limit,

@@ -9,7 +9,8 @@ tell at plan time (a GPU-tagged worker may have no GPU), so each replica measure
 of single calls and one of batches. While batches cost less than ``1 - MARGIN`` of a single call
 per item it takes full batches; otherwise it takes one item at a time, first come first served.
 Every ``PROBE_EVERY`` batches it probes the other choice once (a size-1 call while batching, a
-full batch while not) so a change in cost is noticed. Sans-I/O: durations come in, sizes go out.
+full batch while not) so a change in cost is noticed. The first batch a replica runs is not
+counted: first calls pay lazy set-up (a model's first inference). Sans-I/O: durations come in, sizes go out.
 A user's ``max_batch_wait_ms > 0`` asks for batches, so :class:`~.batcher.Batcher` adapts only
 when the wait is 0.
 """
@@ -42,6 +43,8 @@ class BatchSizer:
     >>> s = BatchSizer(max_size=8)
     >>> s.size()  # nothing measured: take a batch, as the plan asked
     8
+    >>> s.finished(8, 3.0); s.size()  # the first batch warms up: not counted
+    8
     >>> s.finished(8, 0.8); s.size()  # 0.1 s per item in a batch; now measure one call
     1
     >>> s.finished(1, 0.1); s.size(), s.ratio  # no cheaper per item: one at a time
@@ -55,6 +58,7 @@ class BatchSizer:
         self.single: float | None = None  # seconds per item, size-1 calls
         self.batched: float | None = None  # seconds per item, batches of 2 or more
         self._since_probe = 0  # batches run since the choice not taken was last measured
+        self._warm = False  # the first batch has run
 
     @property
     def ratio(self) -> float | None:
@@ -81,6 +85,9 @@ class BatchSizer:
     def finished(self, size: int, seconds: float) -> None:
         """A batch of ``size`` items took ``seconds``."""
         if size < 1 or seconds < 0:
+            return
+        if not self._warm:
+            self._warm = True
             return
         batching = self.pays
         per_item = seconds / size

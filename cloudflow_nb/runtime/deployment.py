@@ -224,7 +224,9 @@ class Deployment:
         batch sizes, where each replica runs, the seconds calls held replicas (``replica_seconds``,
         race losers' and hedges' included) and a hedged stage's ``hedge`` counts (``sent``,
         ``won``, its threshold), and for a competitive stage the ``racers`` a call gets (fewer than
-        asked when a plain sync stage has fewer suitable workers); under ``"autoscale"``, replicas and targets per
+        asked when a plain sync stage has fewer suitable workers), for a batching stage whether its
+        replicas find batches worth it (``adaptive_batching``, see
+        :mod:`~cloudflow_nb.runtime.batchsize`); under ``"autoscale"``, replicas and targets per
         stage, workers added and removed and the autoscaler's last decisions."""
         return self._loop.run(self._stats(), timeout=10)
 

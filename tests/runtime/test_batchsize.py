@@ -32,7 +32,7 @@ def constant(size: int) -> float:
 def test_linear_cost_ends_one_at_a_time_after_the_probes():
     sizer = BatchSizer(max_size=16)
     sizes = serve(sizer, linear, 3 * PROBE_EVERY)
-    assert sizes[:2] == [16, 1]  # a batch, then a single call, to compare
+    assert sizes[:3] == [16, 16, 1]  # a batch to warm up, one to measure, then a single call to compare
     assert not sizer.pays
     assert sizer.ratio == pytest.approx(1.0)
     rest = sizes[2:]
@@ -47,6 +47,13 @@ def test_strong_economy_of_scale_keeps_full_batches():
     assert sizer.ratio == pytest.approx(1 / 16)
     assert sizes.count(1) == 3  # the first comparison, then a single-call probe now and then
     assert sizes.count(16) == len(sizes) - 3
+
+
+def test_a_slow_first_call_is_not_counted():
+    sizer = BatchSizer(max_size=16)
+    sizer.finished(1, 5.0)  # one request at first: a model's first inference
+    serve(sizer, linear, 2 * PROBE_EVERY)
+    assert not sizer.pays
 
 
 def test_a_change_in_cost_is_noticed_after_a_probe():
@@ -85,12 +92,14 @@ def test_the_batcher_takes_what_the_sizer_says():
     for i in range(12):
         b.add(i, now=0.0)
     assert b.poll(0.0) == Run([0, 1, 2, 3])
+    b.finished(0.4)  # warm-up
+    assert b.poll(0.0) == Run([4, 5, 6, 7])
     b.finished(0.4)  # 0.1 s per item
-    assert b.poll(0.0) == Run([4])
+    assert b.poll(0.0) == Run([8])
     b.finished(0.1)  # the same alone: batches do not pay
-    assert b.poll(0.0) == Run([5])
+    assert b.poll(0.0) == Run([9])
     b.finished(None)  # failed: no measure
-    assert b.poll(0.0) == Run([6])
+    assert b.poll(0.0) == Run([10])
 
 
 def test_a_wait_or_no_adapt_keeps_batching():

@@ -192,9 +192,14 @@ def serve(cluster: cf.Cluster, pipeline: Pipeline, seconds: float, rounds: int) 
             warm_up(pipeline, predict)
             results = {n: measure(pipeline, predict, n, seconds, rounds) for n in CLIENTS}
             stages = {"unoptimized": len(plain.plan.stages), "optimized": len(optimized.plan.stages)}
+            batching = {n: s["adaptive_batching"] for n, s in optimized.stats()["stages"].items()}
     finally:
         cluster.store.clear()
-    return report(pipeline, stages, results)
+    slower = report(pipeline, stages, results)
+    for stage, decision in batching.items():
+        if decision is not None:
+            print(f"Batch size of optimized stage {stage!r}: {decision}")
+    return slower
 
 
 def main() -> int:

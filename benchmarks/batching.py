@@ -70,8 +70,8 @@ def main() -> None:
                 closed_loop(dep.apredict, request, 4, 1.0)  # warm up
                 for n in clients:
                     results[batched, n] = closed_loop(dep.apredict, request, n, seconds)
-                mean_batch = dep.stats()["stages"]["CNN"]["mean_batch"]
-                print(f"batched={batched}: mean batch size {mean_batch}")
+                stage = dep.stats()["stages"]["CNN"]
+                print(f"batched={batched}: mean batch size {stage['mean_batch']}, {stage['adaptive_batching']}")
     rows = []
     for n in clients:
         off, on = results[False, n], results[True, n]

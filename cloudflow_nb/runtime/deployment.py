@@ -19,6 +19,7 @@ import cloudpickle
 
 from cloudflow_nb.errors import DeploymentError, FlowError, FlowTimeoutError
 from cloudflow_nb.runtime.autoscale import Autoscale
+from cloudflow_nb.runtime.batchsize import adaptive_batching
 from cloudflow_nb.runtime.controller import Controller, WorkerScaler, list_workers
 from cloudflow_nb.runtime.registry import valid_name
 from cloudflow_nb.runtime.router import DEFAULT_QUEUE, Router, stage_runtimes
@@ -222,11 +223,12 @@ class Deployment:
         """Per-request and per-stage figures: counts, errors, retries, latency percentiles (ms),
         batch sizes, where each replica runs, the seconds calls held replicas (``replica_seconds``,
         race losers' and hedges' included) and a hedged stage's ``hedge`` counts (``sent``,
-        ``won``, its threshold), and for a competitive stage the ``racers`` a raced call gets (fewer
+        ``won``, its threshold), for a competitive stage the ``racers`` a raced call gets (fewer
         than asked when a plain sync stage has fewer suitable workers) and whether ``racing`` pays
-        (:class:`~cloudflow_nb.runtime.racepolicy.RacePolicy`'s decision and figures); under
-        ``"autoscale"``, replicas and targets per stage, workers added and removed and the
-        autoscaler's last decisions."""
+        (:class:`~cloudflow_nb.runtime.racepolicy.RacePolicy`'s decision and figures), for a
+        batching stage whether its replicas find batches worth it (``adaptive_batching``, see
+        :mod:`~cloudflow_nb.runtime.batchsize`); under ``"autoscale"``, replicas and targets per
+        stage, workers added and removed and the autoscaler's last decisions."""
         return self._loop.run(self._stats(), timeout=10)
 
     async def _stats(self) -> dict[str, Any]:
@@ -248,6 +250,7 @@ class Deployment:
                 "hedge": None if srt.hedge is None else srt.hedge.summary(),
                 "replica_seconds": round(srt.replica_seconds, 6),
                 "batching": stage.batching.max_batch_size if stage.batching else None,
+                "adaptive_batching": adaptive_batching(stage.batching, srt.batch_costs.values()),
                 "locality": stage.locality,
                 "in_router": stage.in_router,
                 "max_inflight": srt.limit,

@@ -137,7 +137,7 @@ class Replica:
         self._thread = threading.local()  # the call a pool thread is running (concurrent stages)
         self._loop: asyncio.AbstractEventLoop | None = None
         b = spec.batching
-        self.batcher = Batcher(b.max_batch_size, b.max_batch_wait_ms / 1000) if b else Batcher()
+        self.batcher = Batcher(b.max_batch_size, b.max_batch_wait_ms / 1000, adapt=True) if b else Batcher()
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
         self._cheap_runs = 0  # consecutive batches under INLINE_BUDGET
@@ -292,21 +292,24 @@ class Replica:
         if isinstance(action, Run):
             self._batch_started = now
         if isinstance(action, Run) and self._cheap_runs >= INLINE_AFTER:
-            outcomes = self._run_batch(action.items)
-            loop.call_soon(self._deliver, action.items, outcomes)
+            outcomes, took = self._timed_batch(action.items)
+            loop.call_soon(self._deliver, action.items, outcomes, took)
         elif isinstance(action, Run):
-            job = loop.run_in_executor(self.executor, self._run_batch, action.items)
+            job = loop.run_in_executor(self.executor, self._timed_batch, action.items)
             job.add_done_callback(lambda j: self._finished(action.items, j))
         elif isinstance(action, WaitUntil):
             if self._timer is not None:
                 self._timer.cancel()
             self._timer = loop.call_at(action.deadline, self._pump)
 
-    def _finished(self, items: list[_Call], job: asyncio.Future[list[Table | FlowError]]) -> None:
-        self._deliver(items, [CANCELLED] * len(items) if job.cancelled() else job.result())
+    def _finished(self, items: list[_Call], job: asyncio.Future[tuple[list[Table | FlowError], float | None]]) -> None:
+        if job.cancelled():
+            self._deliver(items, [CANCELLED] * len(items), None)
+        else:
+            self._deliver(items, *job.result())
 
-    def _deliver(self, items: list[_Call], outcomes: list[Any]) -> None:
-        self.batcher.finished()
+    def _deliver(self, items: list[_Call], outcomes: list[Any], took: float | None) -> None:
+        self.batcher.finished(took)
         self._batch_started = None
         for item, outcome in zip(items, outcomes, strict=True):
             if not item.future.done():
@@ -314,6 +317,11 @@ class Replica:
         self._pump()
 
     def _run_batch(self, items: list[_Call]) -> list[Table | FlowError]:
+        return self._timed_batch(items)[0]
+
+    def _timed_batch(self, items: list[_Call]) -> tuple[list[Table | FlowError], float | None]:
+        """The batch's outcomes and the seconds it took (``None`` when every call failed: no measure
+        of its cost)."""
         start = time.perf_counter()
         with using_device(self.device):
             try:
@@ -326,7 +334,7 @@ class Replica:
         self.batch_time.add(took)
         cheap = self._may_inline and took < INLINE_BUDGET
         self._cheap_runs = self._cheap_runs + 1 if cheap else 0
-        return outcomes
+        return outcomes, None if all(isinstance(o, FlowError) for o in outcomes) else took
 
     def close(self) -> None:
         """Stop serving; queued calls are cancelled, a running batch finishes in its thread."""
@@ -422,7 +430,9 @@ class CloudflowWorker(WorkerPlugin):
 
         ``inputs`` holds, per slot, ``["inline", rows]`` or ``["ref", worker, key]``. With
         ``keep``, an output over ``INLINE_LIMIT`` stays here and a reference goes back. ``peek``
-        names columns whose first-row values the router wants (for locality routing).
+        names columns whose first-row values the router wants (for locality routing). A replica
+        whose batch size adapts says in ``batch_cost`` what a batch costs per item as a fraction
+        of a single call (``None`` until it has measured both).
         """
         self._sweep()
         rep = self.replicas.get(replica)
@@ -437,6 +447,8 @@ class CloudflowWorker(WorkerPlugin):
         if isinstance(outcome, FlowError):
             return {"status": "error", "batch": batch, **pack_error(outcome)}
         reply: dict[str, Any] = {"status": "ok", "batch": batch, "peek": _peek(outcome, peek)}
+        if rep.batcher.sizer is not None:  # an adaptive batch size: its measure, for dep.stats()
+            reply["batch_cost"] = rep.batcher.sizer.ratio
         nbytes = table_nbytes(outcome)
         if keep and nbytes > INLINE_LIMIT:
             key = f"{request}/{uuid.uuid4().hex}"

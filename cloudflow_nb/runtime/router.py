@@ -106,6 +106,7 @@ class StageRuntime:
     devices: dict[ReplicaRef, str] = field(default_factory=dict)
     inflight: dict[ReplicaRef, int] = field(default_factory=dict)
     answered: Counter[ReplicaRef] = field(default_factory=Counter)
+    batch_costs: dict[ReplicaRef, float | None] = field(default_factory=dict)  # adaptive batching's measure
     stats: Recorder = field(default_factory=Recorder)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     turn: int = 0
@@ -135,6 +136,7 @@ class StageRuntime:
         if replica in self.replicas:
             self.replicas.remove(replica)
         self.devices.pop(replica, None)
+        self.batch_costs.pop(replica, None)
         self.draining.discard(replica)
         if not self.inflight.get(replica):
             self.inflight.pop(replica, None)
@@ -513,6 +515,8 @@ class Router:
         if status in ("ok", "error"):
             srt.answered[replica] += 1
         if status == "ok":
+            if "batch_cost" in reply and replica in srt.devices:
+                srt.batch_costs[replica] = reply["batch_cost"]
             ref = Ref(*reply["ref"]) if "ref" in reply else None
             table = decode_table(srt.stage.program.schema, reply["rows"]) if "rows" in reply else None
             if table is not None:  # a stage that answers megabytes keeps its calls on Dask comms

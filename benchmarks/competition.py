@@ -110,9 +110,9 @@ def replica_seconds(dep: cf.Deployment) -> float:
 
 
 def measure(dep: cf.Deployment, count: int, pause: float) -> tuple[list[float], float]:
-    """Latencies (ms) of ``count`` sequential requests after 20 warm-up ones (hedging learns its
-    p90 there), and replica-seconds per request on the stage."""
-    for i in range(20):
+    """Latencies (ms) of ``count`` sequential requests after 40 warm-up ones (hedging learns its
+    p90 there, and the router whether racing pays), and replica-seconds per request on the stage."""
+    for i in range(40):
         dep.predict({"val": i})
     time.sleep(0.3)  # warm-up losers finish
     before = replica_seconds(dep)

@@ -19,8 +19,9 @@ this size, its second slowest call, so that one unlucky call does not decide):
 - either way it probes the other kind now and then, so a change (the load that slowed the racers
   went away, say) is noticed once probes have replaced the old figures: a raced call in
   :data:`PROBE_RACED` while not racing, and a single call in :data:`PROBE_SINGLE` while racing
-  (rarer: a single call is exposed to the very tail racing cuts, and a p99 is made of 1% of calls).
-  Racers that start to slow each other down show in the raced figures at once.
+  (much rarer: a single call is exposed to the very tail racing cuts, and a p99 is made of 1% of
+  calls). Racers that start to slow each other down show in the raced figures at once, compared
+  with the single figures kept, so probing singles while racing only refreshes those.
 
 Latencies are compared under the same load, so the policy sees racers slowing each other down,
 but not racing's cost to other stages sharing the cores. The router asks :meth:`RacePolicy.racers`
@@ -55,7 +56,7 @@ EARLY = 4  # of each kind before it decides that racing clearly costs...
 COSTS = 1.5  # ...its median at least this many times single's
 RACE_FIRST = 4  # calls raced as planned before the first single one
 PROBE_RACED = 10  # while not racing, one call in this many races
-PROBE_SINGLE = 50  # while racing, one call in this many goes to a single replica
+PROBE_SINGLE = 500  # while racing, one call in this many goes to a single replica
 PAYS = 0.9  # racing pays when raced p50 or p95 is at most this fraction of single's...
 WORSE = 1.25  # ...and the other at most this fraction
 TAIL = 95  # the tail percentile compared

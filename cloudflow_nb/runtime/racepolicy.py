@@ -17,8 +17,10 @@ this size, its second slowest call, so that one unlucky call does not decide):
   call to one replica. Both figures count because a stage's calls may differ in work (a
   translator's empty batches and long sentences): a median alone can be one kind of call;
 - either way it probes the other kind now and then, so a change (the load that slowed the racers
-  went away, say) is noticed once probes have replaced the old figures: a raced call in
-  :data:`PROBE_RACED` while not racing, and a single call in :data:`PROBE_SINGLE` while racing
+  went away, say) is noticed once probes have replaced the old figures: while not racing, a raced
+  call after :data:`PROBE_RACED` calls, then twice as long after each probe that confirms the
+  decision, up to :data:`PROBE_RACED_MAX` (a raced probe is a slow call when racing does not pay);
+  and a single call in :data:`PROBE_SINGLE` while racing
   (much rarer: a single call is exposed to the very tail racing cuts, and a p99 is made of 1% of
   calls). Racers that start to slow each other down show in the raced figures at once, compared
   with the single figures kept, so probing singles while racing only refreshes those.
@@ -41,6 +43,7 @@ __all__ = [
     "MIN_SAMPLES",
     "PAYS",
     "PROBE_RACED",
+    "PROBE_RACED_MAX",
     "PROBE_SINGLE",
     "RACE_FIRST",
     "WINDOW",
@@ -55,7 +58,8 @@ MIN_SAMPLES = 8  # of each kind before the policy decides anything (a median of 
 EARLY = 4  # of each kind before it decides that racing clearly costs...
 COSTS = 1.5  # ...its median at least this many times single's
 RACE_FIRST = 4  # calls raced as planned before the first single one
-PROBE_RACED = 10  # while not racing, one call in this many races
+PROBE_RACED = 10  # while not racing, one call in this many races at first...
+PROBE_RACED_MAX = 320  # ...then, each probe that confirms racing does not pay, half as often, down to this
 PROBE_SINGLE = 500  # while racing, one call in this many goes to a single replica
 PAYS = 0.9  # racing pays when raced p50 or p95 is at most this fraction of single's...
 WORSE = 1.25  # ...and the other at most this fraction
@@ -90,6 +94,8 @@ class RacePolicy:
         self.single: deque[float] = deque(maxlen=WINDOW)
         self.racing = True  # races as planned until measured otherwise
         self.calls = 0
+        self.interval = PROBE_RACED  # calls between two raced probes while not racing
+        self._next_probe = 0
         self._ratios: tuple[float, float] | None = None
 
     def racers(self) -> int:
@@ -97,8 +103,12 @@ class RacePolicy:
         self.calls += 1
         if self._ratios is None:  # learning
             return 1 if self.calls > RACE_FIRST and (self.calls - RACE_FIRST) % 2 else self.planned
-        probe = self.calls % (PROBE_SINGLE if self.racing else PROBE_RACED) == 0
-        return self.planned if self.racing != probe else 1
+        if self.racing:
+            return 1 if self.calls % PROBE_SINGLE == 0 else self.planned
+        if self.calls >= self._next_probe:
+            self._next_probe = self.calls + self.interval
+            return self.planned
+        return 1
 
     def observe(self, racers: int, seconds: float) -> None:
         """A call sent to ``racers`` replicas answered after ``seconds``."""
@@ -110,7 +120,15 @@ class RacePolicy:
         if timed < MIN_SAMPLES and self._ratios is None and found[0] < COSTS:
             return  # still learning: only a clear cost ends it early
         self._ratios = found
+        was = self.racing
         self.racing = pays(*found)
+        if self.racing or was:  # a new decision against racing starts probing often again
+            self.interval = PROBE_RACED
+            self._next_probe = self.calls + PROBE_RACED
+        elif racers > 1 and seconds >= PAYS * (percentile(list(self.single), 50) or 0.0):
+            self.interval = min(2 * self.interval, PROBE_RACED_MAX)  # the probe confirmed it: probe half as often
+        elif racers > 1:
+            self.interval = PROBE_RACED  # a fast probe: look again soon
 
     def summary(self) -> str:
         """The decision and the figures behind it, for ``dep.stats()``."""

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from cloudflow_nb.runtime.racepolicy import (
     EARLY,
     MIN_SAMPLES,
     PROBE_RACED,
+    PROBE_RACED_MAX,
     PROBE_SINGLE,
     RACE_FIRST,
     WINDOW,
@@ -58,9 +61,23 @@ def test_racing_slower_sends_to_one_replica_and_probes_racing():
     _serve(policy, LEARNING, raced=0.160, single=0.100)
     assert not policy.racing
     assert policy.summary() == "does not pay (raced p50 1.60x, p95 1.60x of single): one replica per call, probing"
-    chosen = _serve(policy, 10 * PROBE_RACED, raced=0.160, single=0.100)
-    assert chosen.count(2) == 10
+    chosen = _serve(policy, 1000, raced=0.160, single=0.100)
+    # each probe that confirms it halves how often racing is probed: after 10, 20, 40 ... 320 calls
+    probes = [i for i, k in enumerate(chosen) if k == 2]
+    gaps = [b - a for a, b in itertools.pairwise(probes)]
+    assert gaps == sorted(gaps), gaps
+    assert gaps[-1] >= 160, gaps
+    assert 4 <= len(probes) <= 10
     assert not policy.racing
+
+
+def test_probes_back_off_to_a_floor_and_a_fast_probe_looks_again_soon():
+    policy = RacePolicy(2)
+    _serve(policy, LEARNING, raced=0.160, single=0.100)
+    _serve(policy, 4000, raced=0.160, single=0.100)
+    assert policy.interval == PROBE_RACED_MAX
+    policy.observe(2, 0.040)  # a raced probe far faster than single calls
+    assert policy.interval == PROBE_RACED
 
 
 def test_a_change_is_noticed_after_probes():

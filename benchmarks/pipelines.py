@@ -150,10 +150,13 @@ def measure(
     return runs
 
 
-def warm_up(pipeline: Pipeline, predict: dict[str, Callable[[Any], Any]]) -> None:
-    """At least one request per client and variant: models load, connections open."""
+WARM_UP = 3.0  # seconds per variant: models load, connections open, adaptive batching and racing learn
+
+
+def warm_up(pipeline: Pipeline, predict: dict[str, Callable[[Any], Any]], seconds: float) -> None:
+    """Every variant under the most clients for ``seconds``, untimed: the steady state is measured."""
     for call in predict.values():
-        closed_loop_latencies(call, pipeline.request, max(CLIENTS), 0.2)
+        closed_loop_latencies(call, pipeline.request, max(CLIENTS), seconds)
 
 
 def report(pipeline: Pipeline, stages: dict[str, int], results: dict[int, dict[str, Runs]]) -> list[str]:
@@ -189,7 +192,7 @@ def serve(cluster: cf.Cluster, pipeline: Pipeline, seconds: float, rounds: int) 
             cluster.deploy(pipeline.flow, optimize=cf.Optimize(), timeout=pipeline.timeout) as optimized,
         ):
             predict = predictors(pipeline, {"unoptimized": plain, "optimized": optimized})
-            warm_up(pipeline, predict)
+            warm_up(pipeline, predict, WARM_UP if rounds > 1 else 0.2)
             results = {n: measure(pipeline, predict, n, seconds, rounds) for n in CLIENTS}
             stages = {"unoptimized": len(plain.plan.stages), "optimized": len(optimized.plan.stages)}
             batching = {n: s["adaptive_batching"] for n, s in optimized.stats()["stages"].items()}

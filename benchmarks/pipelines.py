@@ -195,13 +195,17 @@ def serve(cluster: cf.Cluster, pipeline: Pipeline, seconds: float, rounds: int) 
             warm_up(pipeline, predict, WARM_UP if rounds > 1 else 0.2)
             results = {n: measure(pipeline, predict, n, seconds, rounds) for n in CLIENTS}
             stages = {"unoptimized": len(plain.plan.stages), "optimized": len(optimized.plan.stages)}
-            batching = {n: s["adaptive_batching"] for n, s in optimized.stats()["stages"].items()}
+            decisions = {
+                (kind, n): s.get(key)
+                for n, s in optimized.stats()["stages"].items()
+                for kind, key in (("Batch size", "adaptive_batching"), ("Racing", "racing"))
+            }
     finally:
         cluster.store.clear()
     slower = report(pipeline, stages, results)
-    for stage, decision in batching.items():
+    for (kind, stage), decision in decisions.items():
         if decision is not None:
-            print(f"Batch size of optimized stage {stage!r}: {decision}")
+            print(f"{kind} of optimized stage {stage!r}: {decision}")
     return slower
 
 

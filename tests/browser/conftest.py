@@ -274,6 +274,21 @@ def notebook_page(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
 ERROR_OUTPUT = '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]'
 
 
+def notebook_cell(page: Any, notebook: Path, source: str, exact: bool = False) -> Any:
+    """The cell of ``notebook`` open in ``page`` (a Playwright locator) whose source is, or starts
+    with, ``source``; exactly one cell must match."""
+    import nbformat
+
+    nb = nbformat.read(notebook, as_version=4)
+    matches = [
+        i
+        for i, cell in enumerate(nb.cells)
+        if (cell.source.strip() == source if exact else cell.source.startswith(source))
+    ]
+    assert len(matches) == 1, f"{len(matches)} cells of {notebook.name} match {source!r}"
+    return page.locator(".jp-Notebook .jp-Cell").nth(matches[0])
+
+
 def run_all(page: Any, timeout_ms: float) -> None:
     """Run All Cells through the menu; wait until every code cell has its execution count and the
     kernel is idle, or stop early at the first traceback."""

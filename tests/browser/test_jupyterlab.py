@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.browser.conftest import ERROR_OUTPUT, run_all
+from tests.browser.conftest import ERROR_OUTPUT, notebook_cell, run_all
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "serving.ipynb"
 RUN_ALL_TIMEOUT_MS = 180_000
@@ -34,17 +34,8 @@ HARMLESS_CONSOLE_ERRORS: tuple[str, ...] = ()
 
 
 def _cell(page: Any, source: str, exact: bool = False) -> Any:
-    """The notebook cell (a Playwright locator) whose source is, or starts with, ``source``."""
-    import nbformat
-
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    matches = [
-        i
-        for i, cell in enumerate(nb.cells)
-        if (cell.source.strip() == source if exact else cell.source.startswith(source))
-    ]
-    assert len(matches) == 1, f"{len(matches)} cells of {NOTEBOOK.name} match {source!r}"
-    return page.locator(".jp-Notebook .jp-Cell").nth(matches[0])
+    """The serving notebook's cell whose source is, or starts with, ``source``."""
+    return notebook_cell(page, NOTEBOOK, source, exact)
 
 
 def _stage_count(explain: str) -> tuple[int, int]:

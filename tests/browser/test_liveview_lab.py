@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.browser.conftest import ERROR_OUTPUT, run_all
+from tests.browser.conftest import ERROR_OUTPUT, notebook_cell, run_all
 
 NOTEBOOK = Path(__file__).resolve().parent / "liveview.ipynb"
 RUN_ALL_TIMEOUT_MS = 180_000
@@ -26,16 +26,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(420)]
 
 def _output(page: Any, source: str, exact: bool = False) -> Any:
     """The output area of the code cell whose source is, or starts with, ``source``."""
-    import nbformat
-
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    matches = [
-        i
-        for i, cell in enumerate(nb.cells)
-        if (cell.source.strip() == source if exact else cell.source.startswith(source))
-    ]
-    assert len(matches) == 1, f"{len(matches)} cells of {NOTEBOOK.name} start with {source!r}"
-    return page.locator(".jp-Notebook .jp-Cell").nth(matches[0]).locator(".jp-OutputArea-output")
+    return notebook_cell(page, NOTEBOOK, source, exact).locator(".jp-OutputArea-output")
 
 
 @pytest.fixture(scope="module")

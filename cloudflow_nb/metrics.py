@@ -16,6 +16,7 @@ metric                                   type       labels
 ``cloudflow_stage_errors_total``         counter    flow, stage, kind (the error's class)
 ``cloudflow_stage_rejections_total``     counter    flow, stage
 ``cloudflow_stage_retries_total``        counter    flow, stage (calls sent again after a replica was lost)
+``cloudflow_stage_skipped_total``        counter    flow, stage (answered without a call: all inputs empty)
 ``cloudflow_stage_latency_seconds``      histogram  flow, stage
 ``cloudflow_stage_batch_size``           histogram  flow, stage (batching stages only)
 ``cloudflow_stage_queue_depth``          gauge      flow, stage
@@ -103,6 +104,9 @@ def _stage_families(flow: str, stages: dict[str, Any]) -> list[Metric]:
     errors = CounterMetricFamily("cloudflow_stage_errors", "Stage calls that failed", labels=[*labels, "kind"])
     rejected = CounterMetricFamily("cloudflow_stage_rejections", "Calls refused for want of room", labels=labels)
     retries = CounterMetricFamily("cloudflow_stage_retries", "Calls sent again after a replica was lost", labels=labels)
+    skipped = CounterMetricFamily(
+        "cloudflow_stage_skipped", "Calls answered without a replica: every input was empty", labels=labels
+    )
     latency = HistogramMetricFamily("cloudflow_stage_latency_seconds", "Stage call latency", labels=labels)
     batches = HistogramMetricFamily("cloudflow_stage_batch_size", "Calls per batch", labels=labels)
     queued = GaugeMetricFamily("cloudflow_stage_queue_depth", "Calls waiting for a replica", labels=labels)
@@ -126,6 +130,7 @@ def _stage_families(flow: str, stages: dict[str, Any]) -> list[Metric]:
             errors.add_metric([*key, kind], n)
         rejected.add_metric(key, stage["rejected"])
         retries.add_metric(key, stage["retries"])
+        skipped.add_metric(key, stage.get("skipped", 0))
         latency.add_metric(key, *_latency_buckets(stage["histogram"]))
         if "batches" in stage:
             batches.add_metric(key, *_batch_buckets(stage["batches"]))
@@ -137,7 +142,7 @@ def _stage_families(flow: str, stages: dict[str, Any]) -> list[Metric]:
             placed[where] = placed.get(where, 0) + 1
         for (worker, device), n in sorted(placed.items()):
             replicas.add_metric([*key, worker, device], n)
-    return [calls, errors, rejected, retries, latency, batches, queued, inflight, replicas, cost, hedges, won]
+    return [calls, errors, rejected, retries, skipped, latency, batches, queued, inflight, replicas, cost, hedges, won]
 
 
 def _latency_buckets(histogram: dict[str, Any]) -> tuple[list[tuple[str, float]], float]:

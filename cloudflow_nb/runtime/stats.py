@@ -29,14 +29,16 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 class Recorder:
-    """Counts, errors (by kind), retries, admission rejections, the last ``WINDOW`` latencies, a latency
-    histogram of every call since the start, and the batch sizes seen."""
+    """Counts, errors (by kind), retries, admission rejections, calls skipped (all inputs empty), the
+    last ``WINDOW`` latencies, a latency histogram of every call since the start, and the batch sizes
+    seen."""
 
     def __init__(self) -> None:
         self.count = 0
         self.errors = 0
         self.retries = 0
         self.rejected = 0  # refused at admission (OverloadError)
+        self.skipped = 0  # answered without a call: every input was empty
         self.latencies: deque[float] = deque(maxlen=WINDOW)
         self.batched_calls: Counter[int] = Counter()
         self.error_kinds: Counter[str] = Counter()
@@ -57,7 +59,8 @@ class Recorder:
             self.batched_calls[batch] += 1
 
     def summary(self) -> dict[str, Any]:
-        """Plain figures: count, errors and ``error_kinds`` (class name -> how many), retries, p50/p99
+        """Plain figures: count, errors and ``error_kinds`` (class name -> how many), retries,
+        rejected, skipped (answered without a call: every input was empty), p50/p99
         in ms, ``histogram`` (calls per bucket of ``LATENCY_BUCKETS``, then the slower ones, and the
         sum of seconds), and batches (size -> how many)."""
         lat = list(self.latencies)
@@ -67,6 +70,7 @@ class Recorder:
             "error_kinds": dict(self.error_kinds),
             "retries": self.retries,
             "rejected": self.rejected,
+            "skipped": self.skipped,
             "p50_ms": _ms(percentile(lat, 50)),
             "p99_ms": _ms(percentile(lat, 99)),
             "histogram": {"counts": list(self.histogram), "sum_s": self.seconds},

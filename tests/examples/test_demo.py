@@ -22,18 +22,20 @@ def test_stage_lines_name_the_worker_and_its_device() -> None:
     stats = {
         "stages": {
             "resnet101": {
-                "count": 28,
+                "count": 20,
+                "skipped": 8,
                 "p50_ms": 180.5,
                 "batching": 16,
                 "mean_batch": 1.5,
                 "gpu": True,
                 "replicas": [replica],
             },
-            "join": {"count": 28, "p50_ms": None, "batching": None, "gpu": False, "replicas": []},
+            "join": {"count": 28, "skipped": 0, "p50_ms": None, "batching": None, "gpu": False, "replicas": []},
         }
     }
     gpu, join = stage_lines(stats, {"tcp://127.0.0.1:34535": "gpu-worker-0"})
-    assert "28 requests" in gpu
+    assert "28 requests (8 without rows)" in gpu
+    assert "28 requests, p50" in join
     assert "mean batch 1.5" in gpu
     assert "[GPU stage on gpu-worker-0 (cpu)]" in gpu
     assert "port" not in gpu
@@ -57,5 +59,5 @@ def test_demo_runs_and_its_figures_agree(capsys: pytest.CaptureFixture[str]) -> 
         assert int(header.group(1)) == stages
         assert int(header.group(2)) == 6  # 2 to warm up, 2 one at a time, 2 in a burst
         block = out[header.end() :].split("\n\n")[0]
-        counts = re.findall(r" (\d+) requests, p50", block)
+        counts = re.findall(r" (\d+) requests(?: \(\d+ without rows\))?, p50", block)
         assert counts == [header.group(2)] * stages, block

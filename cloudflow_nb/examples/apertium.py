@@ -42,6 +42,7 @@ __all__ = [
     "TIMEOUT_S",
     "ApertiumMissing",
     "ApertiumPipeline",
+    "PipelineExited",
     "escape",
     "plain",
     "require_apertium",
@@ -55,6 +56,10 @@ _ESCAPED = frozenset("\\[]^$/<>@{}")  # characters of Apertium's stream format, 
 
 class ApertiumMissing(FlowError, OSError):
     """Apertium, or one of its language pairs, is not installed."""
+
+
+class PipelineExited(RuntimeError):
+    """A pipeline's processes exited (killed, or crashed) before answering."""
 
 
 def _install_hint() -> str:
@@ -124,8 +129,9 @@ class ApertiumPipeline:
     """One Apertium mode (``"spa-eng"``) kept running; :meth:`run` sends it chunks of text.
 
     Not thread-safe: one caller at a time (a replica's thread; :class:`~.translation.Translator`
-    holds a lock). A pipeline that fails, hangs past :data:`TIMEOUT_S` or answers out of format is
-    killed and started again on the next call; the call that saw it fails with ``RuntimeError``.
+    holds a lock). A pipeline that hangs past :data:`TIMEOUT_S` or answers out of format is killed
+    and started again on the next call; the call that saw it fails with ``RuntimeError``. One found
+    dead is started again at once (:meth:`run`).
     The processes stop when the object is collected, or with their parent (their input closes).
     """
 
@@ -147,16 +153,25 @@ class ApertiumPipeline:
         chunk of a line, :func:`plain` a line of an answer; one mode's answers feed the next mode).
 
         A writer thread feeds the chunks while answers are read, so the pipeline's processes work
-        on several lines at once.
+        on several lines at once. A pipeline found dead (it died since the last call, or as this one
+        began) is started again and the chunks sent once more; one that dies again, hangs past
+        ``timeout`` seconds or answers out of format fails the call.
         """
         if not chunks:
             return []
+        try:
+            return self._exchange(chunks, timeout)
+        except PipelineExited:
+            return self._exchange(chunks, timeout)
+
+    def _exchange(self, chunks: Sequence[str], timeout: float) -> list[str]:
         process = self._running()
         payload = b"".join(chunk.encode() + b"\0" for chunk in chunks)
         writer = threading.Thread(target=_write, args=(process, payload), daemon=True)
         writer.start()
+        deadline = time.monotonic() + timeout
         try:
-            answers = [self._answer(process, time.monotonic() + timeout) for _ in chunks]
+            answers = [self._answer(process, deadline) for _ in chunks]
         except BaseException:
             self.close()
             raise
@@ -201,7 +216,7 @@ class ApertiumPipeline:
                     raise RuntimeError(f"apertium {self.mode} gave no answer in time; the pipeline restarts")
                 data = os.read(process.stdout.fileno(), 1 << 16)
                 if not data:
-                    raise RuntimeError(f"apertium {self.mode} exited with {process.wait()}")
+                    raise PipelineExited(f"apertium {self.mode} exited with {process.wait()}")
                 self._pending += data
 
     def close(self) -> None:

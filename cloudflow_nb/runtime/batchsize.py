@@ -5,29 +5,45 @@ translation example starts one process per batch); on a CPU a batch of k images 
 times one image, and every request of the batch waits for the whole batch. The optimizer cannot
 tell at plan time (a GPU-tagged worker may have no GPU), so each replica measures.
 
-:class:`BatchSizer` keeps two per-item cost estimates (seconds per item, moving averages): one
-of single calls and one of batches. While batches cost less than ``1 - MARGIN`` of a single call
-per item it takes full batches; otherwise it takes one item at a time, first come first served.
-Every ``PROBE_EVERY`` batches it probes the other choice once (a size-1 call while batching, a
-full batch while not) so a change in cost is noticed. The first batch a replica runs is not
-counted: first calls pay lazy set-up (a model's first inference). Sans-I/O: durations come in, sizes go out.
+:class:`BatchSizer` keeps the per-item costs (seconds per item) of the last ``WINDOW`` single
+calls and of the last ``WINDOW`` batches, and compares their medians. It takes full batches until
+``MIN_BATCHES`` batches have been timed, and then while batches cost less than ``1 - MARGIN`` of
+a single call per item; otherwise it takes one item at a time, first come first served. Medians
+of several timings, not the last few: where batches form only now and then, they form when the
+machine is busiest, and one such batch must not turn batching off (and while batches are rare,
+batching costs nothing). Every ``PROBE_EVERY`` batches it probes the other choice once (a size-1
+call while batching, a full batch while not), so a change in cost is noticed after a few probes.
+The first batch a replica runs is not counted: first calls pay lazy set-up (a model's first
+inference). Sans-I/O: durations come in, sizes go out.
 A user's ``max_batch_wait_ms > 0`` asks for batches, so :class:`~.batcher.Batcher` adapts only
 when the wait is 0.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable
+from statistics import median
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from cloudflow_nb.physical import Batching
 
-__all__ = ["MARGIN", "PROBE_EVERY", "BatchSizer", "adaptive_batching", "adapts", "describe"]
+__all__ = [
+    "MARGIN",
+    "MIN_BATCHES",
+    "PROBE_EVERY",
+    "WINDOW",
+    "BatchSizer",
+    "adaptive_batching",
+    "adapts",
+    "describe",
+]
 
 MARGIN = 0.15  # batches must be this much cheaper per item than single calls to be taken
 PROBE_EVERY = 20  # batches between probes of the choice not taken
-ALPHA = 0.4  # weight of one item's cost in an estimate (a batch of k counts as k items)
+WINDOW = 8  # timings kept per kind (single calls, batches); their medians are compared
+MIN_BATCHES = 5  # batches timed before the sizer may decide that batches do not pay
 
 
 def adapts(max_size: int, max_wait: float) -> bool:
@@ -47,7 +63,11 @@ class BatchSizer:
     8
     >>> s.finished(8, 0.8); s.size()  # 0.1 s per item in a batch; now measure one call
     1
-    >>> s.finished(1, 0.1); s.size(), s.ratio  # no cheaper per item: one at a time
+    >>> s.finished(1, 0.1); s.size(), s.ratio  # as cheap alone, but one batch does not decide
+    (8, None)
+    >>> for _ in range(MIN_BATCHES - 1):
+    ...     s.finished(8, 0.8)
+    >>> s.size(), s.ratio  # five batches no cheaper per item: one at a time
     (1, 1.0)
     """
 
@@ -55,17 +75,19 @@ class BatchSizer:
         if max_size < 2:
             raise ValueError(f"an adaptive batch size needs max_size of at least 2, got {max_size!r}")
         self.max_size = max_size
-        self.single: float | None = None  # seconds per item, size-1 calls
-        self.batched: float | None = None  # seconds per item, batches of 2 or more
+        self.single: deque[float] = deque(maxlen=WINDOW)  # seconds per item, size-1 calls
+        self.batched: deque[float] = deque(maxlen=WINDOW)  # seconds per item, batches of 2 or more
         self._since_probe = 0  # batches run since the choice not taken was last measured
         self._warm = False  # the first batch has run
 
     @property
     def ratio(self) -> float | None:
-        """A batch's per-item cost as a fraction of a single call's; ``None`` until both are measured."""
-        if self.single is None or self.batched is None or self.single <= 0:
+        """A batch's median per-item cost as a fraction of a single call's; ``None`` until a single
+        call and :data:`MIN_BATCHES` batches are timed."""
+        if not self.single or len(self.batched) < MIN_BATCHES:
             return None
-        return self.batched / self.single
+        single = median(self.single)
+        return median(self.batched) / single if single > 0 else None
 
     @property
     def pays(self) -> bool:
@@ -75,9 +97,9 @@ class BatchSizer:
 
     def size(self) -> int:
         """The most items the next batch may take."""
-        if self.batched is None:
+        if not self.batched:
             return self.max_size
-        if self.single is None:
+        if not self.single:
             return 1
         probe = self._since_probe >= PROBE_EVERY - 1
         return self.max_size if self.pays != probe else 1
@@ -90,12 +112,7 @@ class BatchSizer:
             self._warm = True
             return
         batching = self.pays
-        per_item = seconds / size
-        weight = 1 - (1 - ALPHA) ** size
-        if size == 1:
-            self.single = per_item if self.single is None else self.single + weight * (per_item - self.single)
-        else:
-            self.batched = per_item if self.batched is None else self.batched + weight * (per_item - self.batched)
+        (self.single if size == 1 else self.batched).append(seconds / size)
         probed = (size == 1) if batching else (size > 1)
         self._since_probe = 0 if probed else self._since_probe + 1
 
@@ -114,7 +131,7 @@ def describe(ratios: Iterable[float | None]) -> str:
     """
     known = sorted(r for r in ratios if r is not None)
     if not known:
-        return "measuring: batches until a batch and a single call have run"
+        return f"measuring: batches until {MIN_BATCHES} batches and a single call have run"
     paying = sum(r < 1 - MARGIN for r in known)
     span = f"{known[0]:.3g}x" if known[0] == known[-1] else f"{known[0]:.3g}x-{known[-1]:.3g}x"
     if paying == len(known):

@@ -102,13 +102,13 @@ def test_stream_format_characters_in_a_text_cannot_break_the_pipeline():
 
 
 @needs_apertium
-def test_a_killed_pipeline_starts_again_and_only_its_call_fails():
+def test_a_dead_pipeline_starts_again_and_a_hung_one_fails_only_its_call():
     pipeline = apertium.ApertiumPipeline("spa-eng")
     chunk = apertium.escape("El usuario no existe.")
     assert apertium.plain(pipeline.run([chunk])[0]) == "The user does not exist."
     first = pipeline.pid
     assert first is not None
-    os.killpg(first, signal.SIGKILL)  # died between calls: the next call starts it again
+    os.killpg(first, signal.SIGKILL)  # died between calls: the next call starts it again and succeeds
     assert apertium.plain(pipeline.run([chunk])[0]) == "The user does not exist."
     assert pipeline.pid not in (None, first)
     os.killpg(pipeline.pid, signal.SIGSTOP)  # hangs: the call gives up, the next one starts afresh

@@ -8,7 +8,7 @@ import pytest
 
 from cloudflow_nb.physical import Batching
 from cloudflow_nb.runtime.batcher import Batcher, Run
-from cloudflow_nb.runtime.batchsize import PROBE_EVERY, BatchSizer, adaptive_batching, describe
+from cloudflow_nb.runtime.batchsize import MIN_BATCHES, PROBE_EVERY, BatchSizer, adaptive_batching, describe
 
 
 def serve(sizer: BatchSizer, cost: Callable[[int], float], batches: int) -> list[int]:
@@ -29,13 +29,14 @@ def constant(size: int) -> float:
     return 0.05  # one process per batch: a batch costs what one line costs
 
 
-def test_linear_cost_ends_one_at_a_time_after_the_probes():
+def test_linear_cost_ends_one_at_a_time_after_enough_batches():
     sizer = BatchSizer(max_size=16)
     sizes = serve(sizer, linear, 3 * PROBE_EVERY)
-    assert sizes[:3] == [16, 16, 1]  # a batch to warm up, one to measure, then a single call to compare
+    # a batch to warm up, one to measure, a single call to compare, then batches until MIN_BATCHES
+    assert sizes[: 2 + MIN_BATCHES] == [16, 16, 1] + [16] * (MIN_BATCHES - 1)
     assert not sizer.pays
     assert sizer.ratio == pytest.approx(1.0)
-    rest = sizes[2:]
+    rest = sizes[2 + MIN_BATCHES :]
     assert rest.count(16) == 2  # one full-batch probe every PROBE_EVERY batches
     assert rest.count(1) == len(rest) - 2
 
@@ -56,16 +57,39 @@ def test_a_slow_first_call_is_not_counted():
     assert not sizer.pays
 
 
-def test_a_change_in_cost_is_noticed_after_a_probe():
+def test_a_change_in_cost_is_noticed_after_a_few_probes():
     sizer = BatchSizer(max_size=8)
     serve(sizer, linear, PROBE_EVERY)
     assert not sizer.pays
-    sizes = serve(sizer, constant, PROBE_EVERY + 1)  # the stage became cheap per batch (a GPU)
+    sizes = serve(sizer, constant, 3 * PROBE_EVERY)  # the stage became cheap per batch (a GPU)
+    assert sizer.pays == (sizes[-1] == 8)
+    assert not sizer.pays  # three probes are not yet a median
+    sizes = serve(sizer, constant, 2 * PROBE_EVERY)
     assert sizer.pays
     assert sizes[-1] == 8
-    sizes = serve(sizer, linear, 2 * PROBE_EVERY)  # and expensive again
+    sizes = serve(sizer, linear, PROBE_EVERY)  # and expensive again: every batch is a timing now
     assert not sizer.pays
     assert sizes[-1] == 1
+
+
+def test_one_slow_batch_among_cheap_ones_does_not_end_batching():
+    sizer = BatchSizer(max_size=8)
+    serve(sizer, constant, 2 * PROBE_EVERY)
+    assert sizer.pays
+    sizer.finished(8, 0.05 * 8 * 3)  # a batch that ran while the machine was busiest: 3x a call per item
+    assert sizer.pays
+    assert sizer.size() == 8
+
+
+def test_batches_that_seldom_form_keep_batching():
+    sizer = BatchSizer(max_size=8)
+    sizer.finished(1, 0.05)  # warm-up
+    for _ in range(MIN_BATCHES - 1):  # light load: one call at a time, a pair now and then, slower
+        for _ in range(30):
+            sizer.finished(1, 0.05)
+        sizer.finished(2, 0.3)
+    assert sizer.ratio is None
+    assert sizer.pays
 
 
 def test_a_small_economy_is_not_worth_the_wait():
@@ -96,10 +120,11 @@ def test_the_batcher_takes_what_the_sizer_says():
     assert b.poll(0.0) == Run([4, 5, 6, 7])
     b.finished(0.4)  # 0.1 s per item
     assert b.poll(0.0) == Run([8])
-    b.finished(0.1)  # the same alone: batches do not pay
-    assert b.poll(0.0) == Run([9])
+    b.finished(0.1)  # the same alone, but one batch does not decide: batches go on
+    assert b.poll(0.0) == Run([9, 10, 11])
     b.finished(None)  # failed: no measure
-    assert b.poll(0.0) == Run([10])
+    assert b.sizer is not None
+    assert len(b.sizer.batched) == 1
 
 
 def test_a_wait_or_no_adapt_keeps_batching():

@@ -260,6 +260,9 @@ def test_big_bodies_beyond_the_decoders_answer_429_until_one_is_free(cluster):
     with cluster.deploy(flow) as dep, cf.serve(dep, offload_over=1000, decoders=1) as ep:
         holder = socket.create_connection(("127.0.0.1", ep.port), timeout=CLIENT_TIMEOUT)
         holder.sendall(head + b"[")  # a big body that does not come: it holds the one decoder slot
+        deadline = time.monotonic() + CLIENT_TIMEOUT
+        while ep.decoders.busy < 1 and time.monotonic() < deadline:  # the server has read its head
+            time.sleep(0.01)
         status, headers, body = send(ep, big)
         assert (status, headers["Retry-After"]) == (429, "1")
         assert "1 large request bodies are being decoded already" in body["error"]

@@ -4,7 +4,9 @@
 importable from the current directory. The flow is deployed on an embedded ``cf.LocalCluster``
 (``--workers``, ``--gpu-workers``) or, with ``--scheduler ADDR``, on an existing Dask cluster
 (``cf.connect``; a one-file module is sent to its workers with Dask's ``upload_file``, a package
-must be installed there), and served with ``cf.serve`` on ``--host``/``--port`` (loopback, 8000 by default).
+must be installed there; the command waits up to ``--wait-workers`` seconds for a first worker, so
+it may start beside a cluster that is still coming up), and served with ``cf.serve`` on
+``--host``/``--port`` (loopback, 8000 by default).
 The command prints where it listens, one URL a line, and runs until SIGTERM or SIGINT (Ctrl-C); it
 then closes the endpoint, the deployment and the cluster it started, and exits 0. A bad target
 exits 2, a flow that cannot be deployed 1, each with one line saying why.
@@ -30,7 +32,7 @@ import sys
 import threading
 from typing import Any
 
-from cloudflow_nb.errors import FlowError
+from cloudflow_nb.errors import DeploymentError, FlowError
 from cloudflow_nb.flow import Flow
 
 __all__ = ["load_flow", "main"]
@@ -55,6 +57,13 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve a flow over HTTP", description=DESCRIPTION)
     serve.add_argument("target", metavar="module:flow", help="a cf.Flow, or a function returning one")
     serve.add_argument("--scheduler", metavar="ADDR", help="an existing Dask scheduler (default: embedded cluster)")
+    serve.add_argument(
+        "--wait-workers",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="with --scheduler: how long to wait for a first worker to join (default: %(default)s)",
+    )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on, 0 for any (default: %(default)s)")
     serve.add_argument("--workers", type=int, default=2, help="embedded cluster: CPU workers (default: %(default)s)")
@@ -110,6 +119,8 @@ def _serve(args: argparse.Namespace) -> int:
         with contextlib.ExitStack() as stack:
             cluster, where = _cluster(args, flow)
             stack.enter_context(cluster)
+            if args.scheduler:
+                _await_worker(cluster, args.scheduler, args.wait_workers)
             signal.signal(signal.SIGINT, lambda *_: stop.set())
             import cloudflow_nb as cf
 
@@ -137,6 +148,20 @@ def _cluster(args: argparse.Namespace, flow: Flow) -> tuple[Any, str]:
         gpu = int(any(stage.gpu for stage in flow.optimize(args.optimize).stages))
     cluster = cf.LocalCluster(workers=args.workers, gpu_workers=gpu, dashboard=False)
     return cluster, f"an embedded cluster of {args.workers} CPU and {gpu} GPU-tagged workers"
+
+
+def _await_worker(cluster: Any, address: str, seconds: float) -> None:
+    """Wait up to ``seconds`` for the cluster's first worker: a cluster may still be starting."""
+    if cluster.client.scheduler_info().get("workers"):
+        return
+    print(f"{PROG}: waiting up to {seconds:g} s for a worker to join {address}", flush=True)
+    try:
+        cluster.client.wait_for_workers(1, timeout=seconds)
+    except TimeoutError:
+        raise DeploymentError(
+            f"no worker joined the Dask cluster at {address} within {seconds:g} s; "
+            f"start one with 'dask worker {address}'"
+        ) from None
 
 
 def _upload(cluster: Any, module_name: str) -> None:

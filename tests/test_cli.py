@@ -199,6 +199,25 @@ def test_serve_on_an_embedded_cluster_then_stop(flow_dir, how):
 
 @pytest.mark.cluster
 @pytest.mark.slow
+def test_with_no_worker_the_command_waits_then_says_why_in_one_line(flow_dir):
+    cwd, module = flow_dir
+    address = f"tcp://127.0.0.1:{free_port()}"
+    scheduler = spawn_dask("scheduler", "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1], "--no-dashboard")
+    server = None
+    try:
+        server = Server(cwd, f"{module}:flow", "--scheduler", address, "--wait-workers", "1")
+        server.wait_for(rf"waiting up to 1 s for a worker to join {address}", START_TIMEOUT)
+        assert server.proc.wait(timeout=START_TIMEOUT) == 1
+        server.wait_for(rf"error: no worker joined the Dask cluster at {address} within 1 s; start one with", 10)
+    finally:
+        if server is not None:
+            server.kill()
+        scheduler.kill()
+        scheduler.wait(timeout=30)
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
 def test_serve_on_a_running_dask_cluster_then_sigterm(flow_dir, tmp_path_factory, monkeypatch):
     cwd, module = flow_dir
     address = f"tcp://127.0.0.1:{free_port()}"
@@ -207,8 +226,8 @@ def test_serve_on_a_running_dask_cluster_then_sigterm(flow_dir, tmp_path_factory
     server = None
     try:
         common = ("--nthreads", "1", "--no-nanny", "--no-dashboard", "--host", "127.0.0.1")
-        procs.append(spawn_dask("worker", address, *common))
         server = Server(cwd, f"{module}:flow", "--scheduler", address, "--no-optimize")
+        procs.append(spawn_dask("worker", address, *common))  # it may join after the command started
         server.wait_for(rf"serving flow 'doubler' \(1 stage\) on the Dask cluster at {address}", START_TIMEOUT)
         serve_and_check(server, {})
         assert server.stop() == 0

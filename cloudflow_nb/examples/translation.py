@@ -147,14 +147,14 @@ class Translator:
         require_apertium(self.modes)
         self._pipelines = [ApertiumPipeline(mode) for mode in self.modes]
         self._lock = threading.Lock()
-        self(["Hola."])  # the first line through a pipeline loads its files: not a request's cost
+        self([{"text": "Hola."}])  # the first line through a pipeline loads its files: not a request's cost
 
     def __call__(self, rows: Sequence[Any] | Mapping[str, Any]) -> list[str] | str:
         """The translations of a batch of rows, or of one row (when the map does not batch)."""
         if isinstance(rows, Mapping):
             return self([rows])[0]
         where = f"map {type(self).__name__!r}"
-        chunks = [escape(one_line(row if isinstance(row, str) else row["text"], where)) for row in rows]
+        chunks = [escape(one_line(row["text"], where)) for row in rows]
         with self._lock:
             for pipeline in self._pipelines:
                 chunks = pipeline.run(chunks)

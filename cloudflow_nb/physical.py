@@ -72,7 +72,8 @@ class Stage:
     locality : str or None
         A column holding store keys: run on a worker that holds the key of the request's first row.
     in_router : bool
-        Runs in the deployment's router rather than on a replica (``anyof``).
+        Runs in the deployment's router rather than on a replica (``anyof``, and the joins and
+        unions that end a flow once gathered: :mod:`~cloudflow_nb.optimize.gathering`).
     """
 
     name: str

@@ -41,7 +41,7 @@ def test_compare_text():
 def test_explain_lists_every_rule_once_in_pass_order():
     text = flows.nmt().explain(options=cf.Optimize(compete=3))
     headers = [line for line in text.splitlines() if line.endswith(":") and not line.startswith(" ")]
-    assert headers == ["fusion:", "competition:", "batching:", "placement:", "locality:"]
+    assert headers == ["fusion:", "gathering:", "competition:", "batching:", "placement:", "locality:"]
 
 
 def test_explain_is_deterministic():

@@ -1,8 +1,9 @@
 """The optimizer: logical plan -> physical ``Plan``, in named, inspectable passes.
 
 Passes, in order (see :data:`PASSES`): ``logical`` (one stage per operator), ``fused``
-(:mod:`.fusion`), ``competed`` (:mod:`.competition`), ``batched`` (:mod:`.batching`), ``placed``
-(:mod:`.placement`) and ``localized`` (:mod:`.locality`). Each rule records a
+(:mod:`.fusion`), ``gathered`` (:mod:`.gathering`), ``competed`` (:mod:`.competition`),
+``batched`` (:mod:`.batching`), ``placed`` (:mod:`.placement`) and ``localized``
+(:mod:`.locality`). Each rule records a
 :class:`~cloudflow_nb.physical.Decision` for what it did or declined.
 """
 

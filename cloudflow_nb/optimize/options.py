@@ -37,6 +37,9 @@ class Optimize:
         Place stages with GPU operators on GPU-tagged workers.
     locality : bool
         Run a dynamic lookup's stage on a worker that holds the key.
+    gather : bool
+        Run the joins and unions that end the flow in the deployment's router, a call less each
+        (their result comes back to the router anyway).
 
     Examples
     --------
@@ -55,6 +58,7 @@ class Optimize:
     gpu: bool = True
     locality: bool = True
     hedge_after: str | float | None = None
+    gather: bool = True
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -81,7 +85,7 @@ class Optimize:
     @classmethod
     def none(cls) -> Optimize:
         """No rewrites: one stage per operator (GPU operators still go to GPU workers)."""
-        return cls(fusion=False, compete=1, batching=False, locality=False)
+        return cls(fusion=False, compete=1, batching=False, locality=False, gather=False)
 
 
 _HEDGE_FORMS = "None, a percentile such as 'p90' or 'p99.5' (50 to 99.99), or a positive number of milliseconds"

@@ -9,6 +9,7 @@ from cloudflow_nb.flow import Flow
 from cloudflow_nb.optimize.batching import batch
 from cloudflow_nb.optimize.competition import compete
 from cloudflow_nb.optimize.fusion import fuse
+from cloudflow_nb.optimize.gathering import gather
 from cloudflow_nb.optimize.locality import localize
 from cloudflow_nb.optimize.options import Optimize
 from cloudflow_nb.optimize.placement import place
@@ -22,6 +23,7 @@ Pass = Callable[[Plan], Plan]
 
 _RULES: dict[str, Pass] = {
     "fused": fuse,
+    "gathered": gather,
     "competed": compete,
     "batched": batch,
     "placed": place,

@@ -21,7 +21,8 @@ comms; the scheduler never sees a request), and meets the results:
 - a call lost with its worker, or handed back by a replica being drained, is retried on another
   replica (waiting for a re-placed one when none is left); a request whose kept intermediate output
   died with its worker starts again;
-- ``anyof`` stages run here and take the first input that arrives;
+- ``anyof`` stages run here and take the first input that arrives; gathered stages (the joins
+  and unions that end a flow, :mod:`~cloudflow_nb.optimize.gathering`) run here on all inputs;
 - a stage whose inputs all came back empty, and whose operators make nothing of nothing (maps,
   filters, explodes, lookups, joins, unions: :func:`empty_in_empty_out`), answers an empty table
   here without a call: the branch a filter left without rows costs no hop;
@@ -118,6 +119,7 @@ class StageRuntime:
     race: RacePolicy | None = None  # when the stage races its calls
     replica_seconds: float = 0.0  # calls' time on replicas, from send to answer (losers' too)
     skips_empty: bool = False  # empty inputs make an empty output, answered without a call
+    first_ready: bool = False  # an in-router ``anyof``: runs on the first input that arrives
 
     def add(self, replica: ReplicaRef, device: str) -> None:
         """A new live replica."""
@@ -180,6 +182,7 @@ def stage_runtimes(
         limit = default_limit(stage) if max_inflight is None else max_inflight
         out[stage.name] = srt = StageRuntime(stage, keep, peek, limit, max_queue)
         srt.skips_empty = empty_in_empty_out(stage.program)
+        srt.first_ready = any(isinstance(n, AnyOf) for n in walk(stage.program))
         if stage.hedge_after is not None:
             srt.hedge = HedgePolicy(stage.hedge_after)
         elif stage.competitive:
@@ -355,33 +358,50 @@ class Router:
         return out
 
     async def _in_router(self, stage: Stage, source: Output, tasks: dict[str, asyncio.Task[Output]]) -> Output:
-        """Bind the first input that arrives (skipping failed ones) and run the stage here."""
+        """Run the stage here: an ``anyof`` on the first input that arrives (skipping failed ones),
+        a gathered join or union on all its inputs."""
         loop = asyncio.get_running_loop()
-        start = loop.time()
         srt = self.stages[stage.name]
-        ready: dict[int, Table] = {}
-        if SOURCE in stage.inputs:
-            ready = {i: source.table for i, n in enumerate(stage.inputs) if n == SOURCE}  # type: ignore[misc]
-        else:
-            waiting = {tasks[n] for n in stage.inputs}
-            errors: list[BaseException] = []
-            while waiting and not ready:
-                done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    if task.exception() is not None:
-                        errors.append(task.exception())  # type: ignore[arg-type]
-                        continue
-                    for i, name in enumerate(stage.inputs):
-                        if tasks[name] is task:
-                            ready[i] = task.result().table  # type: ignore[assignment]
-            if not ready:
-                srt.stats.record(loop.time() - start, ok=False, kind=type(errors[0]).__name__)
-                raise errors[0]
-        program = rewrite(stage.program, lambda node: _first_ready(node, set(ready)))
+        if srt.first_ready:  # timed from the start: how long the first input took
+            start = loop.time()
+            ready = await self._first_inputs(srt, source, tasks)
+            program = rewrite(stage.program, lambda node: _first_ready(node, set(ready)))
+        else:  # timed once all inputs are in: what it cost here
+            inputs = [source if name == SOURCE else await tasks[name] for name in stage.inputs]
+            ready = {i: out.table for i, out in enumerate(inputs)}  # type: ignore[misc]
+            program = stage.program
+            start = loop.time()
         slots = {n.slot: n for n in walk(program) if isinstance(n, StageInput)}
         table = self._engine.run(program, {slots[i]: t for i, t in ready.items() if i in slots})
         srt.stats.record(loop.time() - start)
         return Output(table=table)
+
+    async def _first_inputs(
+        self, srt: StageRuntime, source: Output, tasks: dict[str, asyncio.Task[Output]]
+    ) -> dict[int, Table]:
+        """The inputs of an ``anyof`` stage that are ready once the first arrives (the request
+        itself when it reads the source); a failure when every input failed."""
+        stage = srt.stage
+        if SOURCE in stage.inputs:
+            return {i: source.table for i, n in enumerate(stage.inputs) if n == SOURCE}  # type: ignore[misc]
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        ready: dict[int, Table] = {}
+        waiting = {tasks[n] for n in stage.inputs}
+        errors: list[BaseException] = []
+        while waiting and not ready:
+            done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task.exception() is not None:
+                    errors.append(task.exception())  # type: ignore[arg-type]
+                    continue
+                for i, name in enumerate(stage.inputs):
+                    if tasks[name] is task:
+                        ready[i] = task.result().table  # type: ignore[assignment]
+        if not ready:
+            srt.stats.record(loop.time() - start, ok=False, kind=type(errors[0]).__name__)
+            raise errors[0]
+        return ready
 
     # -- one stage call -------------------------------------------------------------------------
 

@@ -16,14 +16,20 @@ def facts(plan: cf.Plan) -> list[tuple]:
 
 
 def test_passes_run_in_the_documented_order():
-    assert PASSES == ("logical", "fused", "competed", "batched", "placed", "localized")
+    assert PASSES == ("logical", "fused", "gathered", "competed", "batched", "placed", "localized")
 
 
 @pytest.mark.parametrize("stage", PASSES)
 def test_optimize_until_stops_after_the_named_pass(stage):
     plan = cf.optimize_until(flows.cascade(), stage)
     assert plan.pass_name == stage
-    rules = {"fused": "fusion", "competed": "competition", "batched": "batching", "placed": "placement"}
+    rules = {
+        "fused": "fusion",
+        "gathered": "gathering",
+        "competed": "competition",
+        "batched": "batching",
+        "placed": "placement",
+    }
     done = {rules.get(p, "locality") for p in PASSES[1 : PASSES.index(stage) + 1]}
     assert {d.rule for d in plan.decisions} == done
 
@@ -66,7 +72,7 @@ def test_optimize_is_the_last_pass_and_deterministic():
 
 
 def test_unknown_pass_lists_the_valid_ones():
-    with pytest.raises(cf.OptimizerError, match=r"unknown pass 'fuse' \(must be one of logical, fused, competed"):
+    with pytest.raises(cf.OptimizerError, match=r"unknown pass 'fuse' \(must be one of logical, fused, gathered, comp"):
         cf.optimize_until(flows.cascade(), "fuse")
 
 

@@ -200,6 +200,24 @@ def test_anyof_takes_the_first_input_that_arrives(serving_cluster):
         assert dep.predict({"x": 1}).column("y") == [1]
 
 
+def test_gathered_joins_run_in_the_router_and_answer_like_the_local_engine(serving_cluster):
+    small = X.filter(lambda r: r["x"] < 10).map(slow_double, names={"y": int}, name="small")
+    odd = X.filter(lambda r: r["x"] % 2 == 1).map(fail_on_13, names={"z": int}, name="odd")
+    flow = small.join(odd, how="outer")
+    with serving_cluster.deploy(flow) as dep:
+        (join,) = [s for s in dep.plan.stages if s.in_router]
+        assert join.name == "join"
+        for x in (1, 4, 11, 20):
+            assert dep.predict({"x": x}) == flow.run({"x": x})
+        with pytest.raises(cf.OperatorError, match="unlucky 13"):
+            dep.predict({"x": 13})  # a failed input fails the gathered join's request only
+        assert dep.predict({"x": 3}) == flow.run({"x": 3})
+        stats = dep.stats()["stages"]["join"]
+        assert stats["in_router"]
+        assert stats["replicas"] == []
+        assert stats["count"] == 5
+
+
 def test_store_is_dict_like_and_knows_where_keys_live(serving_cluster):
     store = serving_cluster.store
     store["t:a"] = np.arange(3)

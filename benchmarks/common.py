@@ -7,6 +7,7 @@ import asyncio
 import itertools
 import os
 import platform
+import random
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -18,6 +19,7 @@ __all__ = [
     "closed_loop_latencies",
     "machine",
     "markdown_table",
+    "open_loop_latencies",
     "parse_args",
     "percentile",
     "sequential",
@@ -91,6 +93,36 @@ def closed_loop_latencies(
         latencies: list[float] = []
         begin = time.perf_counter()
         await asyncio.gather(*(client(begin + seconds, latencies) for _ in range(clients)))
+        return latencies, time.perf_counter() - begin
+
+    return asyncio.run(main())
+
+
+def open_loop_latencies(
+    predict: Callable[[Any], Any], request_of: Callable[[int], Any], rate: float, seconds: float, seed: int = 0
+) -> tuple[list[float], float]:
+    """Requests sent at Poisson arrivals of ``rate`` per second for ``seconds``, whether or not
+    earlier ones have returned (an open loop: the load does not ease when the server slows).
+
+    Returns every request's latency (ms) and the seconds from the first send to the last answer.
+    """
+    arrivals = random.Random(seed)
+
+    async def one(i: int, latencies: list[float]) -> None:
+        start = time.perf_counter()
+        await predict(request_of(i))
+        latencies.append((time.perf_counter() - start) * 1000)
+
+    async def main() -> tuple[list[float], float]:
+        latencies: list[float] = []
+        sent: list[asyncio.Task[None]] = []
+        begin = time.perf_counter()
+        due = begin
+        while due < begin + seconds:
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            sent.append(asyncio.ensure_future(one(len(sent), latencies)))
+            due += arrivals.expovariate(rate)
+        await asyncio.gather(*sent)
         return latencies, time.perf_counter() - begin
 
     return asyncio.run(main())

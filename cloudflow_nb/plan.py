@@ -26,7 +26,9 @@ __all__ = [
     "Join",
     "Lookup",
     "Map",
+    "Mark",
     "Node",
+    "Select",
     "Source",
     "StageInput",
     "Union",
@@ -259,6 +261,59 @@ class Filter(Node):
     def replace_children(self, children: tuple[Node, ...]) -> Node:
         (child,) = children
         return Filter(child, self.pred, self.name)
+
+
+@dataclass(frozen=True, eq=False)
+class Mark(Node):
+    """A filter hoisted into the stage that feeds it (physical plans only): adds the bool
+    ``column``, whether ``filter``'s predicate keeps each row, and drops no row."""
+
+    kind: ClassVar[str] = "mark"
+    child: Node
+    filter: Filter
+    column: str
+
+    def __post_init__(self) -> None:
+        self._set_schema(self.child.schema.with_columns({self.column: bool}))
+
+    @property
+    def children(self) -> tuple[Node, ...]:
+        return (self.child,)
+
+    @property
+    def label(self) -> str:
+        return self.filter.label
+
+    def replace_children(self, children: tuple[Node, ...]) -> Node:
+        (child,) = children
+        return Mark(child, self.filter, self.column)
+
+
+@dataclass(frozen=True, eq=False)
+class Select(Node):
+    """The rows a hoisted filter kept (physical plans only): those whose bool ``column`` is true,
+    without the ``marks`` columns of all hoisted filters."""
+
+    kind: ClassVar[str] = "select"
+    child: Node
+    column: str
+    marks: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        _need_column("select", self.child.schema, self.column)
+        self._set_schema(Schema([(n, t) for n, t in self.child.schema.items() if n not in self.marks]))
+
+    @property
+    def children(self) -> tuple[Node, ...]:
+        return (self.child,)
+
+    @property
+    def label(self) -> str:
+        return self.column
+
+    def replace_children(self, children: tuple[Node, ...]) -> Node:
+        (child,) = children
+        return Select(child, self.column, self.marks)
 
 
 @dataclass(frozen=True, eq=False)

@@ -114,7 +114,7 @@ STAGE_STYLE: dict[str, dict[str, str]] = {
 LEGEND: dict[str, str] = {
     "cpu": "CPU stage",
     "gpu": "GPU stage (green)",
-    "router": "router stage (anyof)",
+    "router": "router stage (anyof, gathered joins)",
     "racing": "racing replicas (double red border)",
     "batched": "batched (3-D box)",
     "local": "runs near its store key (purple border)",

@@ -3,12 +3,14 @@
 A fused stage passes its intermediate tables in memory instead of shipping them between
 replicas. Chains never cross a fan-in (join, union, anyof), end at a fan-out, and stop at a
 CPU/GPU boundary; a high-variance operator stays alone while racing is on, a dynamic lookup
-starts a new stage while locality is on, and an ``anyof`` runs alone in the router.
+starts a new stage while locality is on, and an ``anyof`` runs alone in the router. Filters that
+read a fan-out run in the stage that feeds them (:mod:`.hoisting`).
 """
 
 from __future__ import annotations
 
 from cloudflow_nb.optimize.graph import Graph, device_of
+from cloudflow_nb.optimize.hoisting import hoist_filters
 from cloudflow_nb.optimize.locality import locality_cut
 from cloudflow_nb.optimize.options import Optimize
 from cloudflow_nb.physical import Decision, Plan, build_plan
@@ -41,8 +43,12 @@ def fuse(plan: Plan) -> Plan:
         for stage in fused.stages
         if len(stage.operators) > 1
     ]
+    stages = list(fused.stages)
+    if options.fusion and not options.whole and stages:
+        stages, hoisted = hoist_filters(stages, fused.output.name, options)
+        applied += hoisted
     decisions = applied + notes + [Decision(RULE, node.title, False, why) for node, why in declines]
-    return plan.with_stages(fused.stages, *decisions, pass_name="fused")
+    return plan.with_stages(stages, *decisions, pass_name="fused")
 
 
 def _fused_reason(count: int, options: Optimize) -> str:

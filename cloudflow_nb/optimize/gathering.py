@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from cloudflow_nb.optimize.options import Optimize
 from cloudflow_nb.physical import Decision, Plan, Stage
-from cloudflow_nb.plan import Join, StageInput, Union
+from cloudflow_nb.plan import Join, Select, StageInput, Union
 from cloudflow_nb.traversal import walk
 
 __all__ = ["RULE", "gather"]
@@ -52,10 +52,11 @@ def _names(order: list[str], chosen: set[str]) -> str:
 
 
 def combines_only(stage: Stage) -> bool:
-    """Whether ``stage`` only joins or unions its inputs (no user function, no lookup)."""
+    """Whether ``stage`` only joins or unions its inputs (no user function, no lookup), perhaps
+    after selecting the rows of hoisted filters."""
     nodes = list(walk(stage.program))
     return any(isinstance(n, (Join, Union)) for n in nodes) and all(
-        isinstance(n, (Join, Union, StageInput)) for n in nodes
+        isinstance(n, (Join, Union, Select, StageInput)) for n in nodes
     )
 
 

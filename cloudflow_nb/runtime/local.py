@@ -31,7 +31,9 @@ from cloudflow_nb.plan import (
     Join,
     Lookup,
     Map,
+    Mark,
     Node,
+    Select,
     Source,
     StageInput,
     Union,
@@ -136,8 +138,9 @@ class LocalEngine:
     def warm_up(self, root: Node) -> None:
         """Build every class-based operator under ``root`` now (models load here)."""
         for node in needed_nodes(root):
-            if isinstance(node, (Map, Filter)) and node.is_class:
-                self.instance(node)
+            operator = node.filter if isinstance(node, Mark) else node
+            if isinstance(operator, (Map, Filter)) and operator.is_class:
+                self.instance(operator)
 
     # -- operators ----------------------------------------------------------------------------
 
@@ -147,6 +150,10 @@ class LocalEngine:
             return self._map(node, inputs[0])
         if isinstance(node, Filter):
             return self._filter(node, inputs[0])
+        if isinstance(node, Mark):
+            return self._mark(node, inputs[0])
+        if isinstance(node, Select):
+            return _select(node, inputs[0])
         if isinstance(node, Explode):
             return _explode(node, inputs[0])
         if isinstance(node, Agg):
@@ -243,6 +250,12 @@ class LocalEngine:
         pred = self.instance(node)
         return Table(node.schema, [row for row in table if _verdict(node, _call_user(node, pred, row), row)])
 
+    def _mark(self, node: Mark, table: Table) -> Table:
+        """A hoisted filter's verdict on each row, as a column (errors name the filter)."""
+        f = node.filter
+        pred = self.instance(f)
+        return Table(node.schema, [{**row, node.column: _verdict(f, _call_user(f, pred, row), row)} for row in table])
+
     def _lookup(self, node: Lookup, table: Table) -> Table:
         if len(table) == 0:
             return Table(node.schema)
@@ -303,6 +316,12 @@ def _verdict(node: Filter, kept: Any, row: Row) -> bool:
     if isinstance(kept, (bool, np.bool_)):
         return bool(kept)
     raise OperatorError(f"{node.title} must return a bool, got {type(kept).__name__} (qid {row.qid})", node.title)
+
+
+def _select(node: Select, table: Table) -> Table:
+    """The rows a hoisted filter kept, without the hoisted filters' columns."""
+    kept = [row for row in table if row[node.column]]
+    return Table(node.schema, [{k: v for k, v in row.items() if k not in node.marks} for row in kept])
 
 
 def _inputs_used(node: Node) -> tuple[Node, ...]:

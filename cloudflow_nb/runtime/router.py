@@ -25,7 +25,8 @@ comms; the scheduler never sees a request), and meets the results:
   and unions that end a flow, :mod:`~cloudflow_nb.optimize.gathering`) run here on all inputs;
 - a stage whose inputs all came back empty, and whose operators make nothing of nothing (maps,
   filters, explodes, lookups, joins, unions: :func:`empty_in_empty_out`), answers an empty table
-  here without a call: the branch a filter left without rows costs no hop;
+  here without a call: the branch a filter left without rows costs no hop; a branch whose filter
+  was hoisted into the stage that feeds it gets only the rows it keeps (:func:`selections`);
 - the whole request has one deadline.
 """
 
@@ -41,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from cloudflow_nb.errors import DeploymentError, FlowError, FlowTimeoutError, OverloadError
 from cloudflow_nb.physical import SOURCE, Plan, Stage
-from cloudflow_nb.plan import AnyOf, Explode, Filter, Join, Lookup, Map, Node, StageInput, Union
+from cloudflow_nb.plan import AnyOf, Explode, Filter, Join, Lookup, Map, Mark, Node, Select, StageInput, Union
 from cloudflow_nb.runtime.admission import Ewma, default_limit, expected_wait, in_time, retry_after, with_room
 from cloudflow_nb.runtime.comm import worker_gone
 from cloudflow_nb.runtime.fastpath import fast_pool
@@ -53,7 +54,7 @@ from cloudflow_nb.runtime.routing import ReplicaRef, choose_racers, choose_repli
 from cloudflow_nb.runtime.stats import Recorder
 from cloudflow_nb.runtime.wire import Ref, decode_table, encode_table, table_nbytes, unpack_error
 from cloudflow_nb.table import Table
-from cloudflow_nb.traversal import rewrite, walk
+from cloudflow_nb.traversal import consumers, rewrite, walk
 
 if TYPE_CHECKING:
     from distributed.core import ConnectionPool
@@ -120,6 +121,7 @@ class StageRuntime:
     replica_seconds: float = 0.0  # calls' time on replicas, from send to answer (losers' too)
     skips_empty: bool = False  # empty inputs make an empty output, answered without a call
     first_ready: bool = False  # an in-router ``anyof``: runs on the first input that arrives
+    selects: dict[int, tuple[str, ...]] = field(default_factory=dict)  # see :func:`selections`
 
     def add(self, replica: ReplicaRef, device: str) -> None:
         """A new live replica."""
@@ -183,6 +185,7 @@ def stage_runtimes(
         out[stage.name] = srt = StageRuntime(stage, keep, peek, limit, max_queue)
         srt.skips_empty = empty_in_empty_out(stage.program)
         srt.first_ready = any(isinstance(n, AnyOf) for n in walk(stage.program))
+        srt.selects = selections(stage.program)
         if stage.hedge_after is not None:
             srt.hedge = HedgePolicy(stage.hedge_after)
         elif stage.competitive:
@@ -190,7 +193,7 @@ def stage_runtimes(
     return out
 
 
-_ROW_WISE = (StageInput, Map, Filter, Explode, Lookup, Join, Union)
+_ROW_WISE = (StageInput, Map, Filter, Mark, Select, Explode, Lookup, Join, Union)
 
 
 def empty_in_empty_out(program: Node) -> bool:
@@ -206,6 +209,28 @@ def empty_in_empty_out(program: Node) -> bool:
     True
     """
     return all(isinstance(node, _ROW_WISE) for node in walk(program))
+
+
+def selections(program: Node) -> dict[int, tuple[str, ...]]:
+    """Input slots read only through hoisted filters' ``Select`` steps, with their columns: the
+    router sends such a slot only the rows one of them keeps (so a branch left without rows is
+    skipped); the replica selects again, and drops the columns."""
+    readers = consumers(program)
+    out = {}
+    for node in walk(program):
+        if isinstance(node, StageInput):
+            above = readers[id(node)]
+            if above and all(isinstance(r, Select) for r in above):
+                out[node.slot] = tuple(r.column for r in above)  # type: ignore[attr-defined]
+    return out
+
+
+def _selected(out: Output, columns: tuple[str, ...] | None) -> Output:
+    """``out`` with only the rows that one of ``columns`` keeps, when it is here (not on a worker)."""
+    if columns is None or out.table is None:
+        return out
+    table = out.table
+    return Output(Table(table.schema, [row for row in table if any(row[c] for c in columns)]), None, out.peek)
 
 
 class _Lost:
@@ -349,6 +374,8 @@ class Router:
         if inputs is None:
             inputs = [source if name == SOURCE else await tasks[name] for name in stage.inputs]
         srt = self.stages[stage.name]
+        if srt.selects:
+            inputs = [_selected(out, srt.selects.get(slot)) for slot, out in enumerate(inputs)]
         if srt.skips_empty and all(i.table is not None and not len(i.table) for i in inputs):
             srt.stats.skipped += 1
             return Output(table=Table(stage.program.schema))

@@ -98,6 +98,7 @@ options = st.builds(
     max_batch_size=st.integers(1, 4),
     gpu=st.booleans(),
     locality=st.booleans(),
+    gather=st.booleans(),
 )
 requests = st.lists(st.builds(dict, x=st.integers(-6, 6)), min_size=1, max_size=4)
 

@@ -69,3 +69,24 @@ def test_an_aggregation_of_nothing_still_runs(serving_cluster):
     assert list(out) == list(flow.run({"x": -1}))
     assert out[0]["count"] == 0
     assert (stages["agg"]["count"], stages["agg"]["skipped"]) == (1, 0)
+
+
+@pytest.mark.cluster
+def test_hoisted_filters_send_each_branch_only_its_rows(serving_cluster):
+    # a fan-out feeding the filters: they run in its stage, and the router selects each branch's rows
+    flow = X.map(double, names={"x": int}, name="first")
+    flow = (
+        flow.filter(positive)
+        .map(double, names=["y"], name="up")
+        .join(flow.filter(lambda r: r["x"] <= 0).map(doubles, names=["y"], batching=True, name="down"), how="outer")
+    )
+    requests = [{"x": x} for x in (3, -2, 5, 0, 7)] + [[{"x": 1}, {"x": -1}]]
+    with serving_cluster.deploy(flow) as dep:
+        assert [s.name for s in dep.plan.stages] == ["first", "positive-up", "lambda-down", "join"]
+        got = [dep.predict(request) for request in requests]
+        stages = dep.stats()["stages"]
+    assert got == [flow.run(request) for request in requests]
+    assert [row["y"] for row in got[-1]] == [4, -4]  # a two-row request: one row down each branch
+    assert (stages["positive-up"]["count"], stages["positive-up"]["skipped"]) == (4, 2)
+    assert (stages["lambda-down"]["count"], stages["lambda-down"]["skipped"]) == (3, 3)
+    assert stages["first"]["count"] == len(requests)  # the filters cost no call of their own

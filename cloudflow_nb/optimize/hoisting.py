@@ -79,7 +79,7 @@ def _hoist(
         return None
 
     fed_by = producer.operators[-1]  # the stage's output: last of its operators in dependency order
-    out = {producer.name: producer}
+    out: dict[str, Stage] = {}
     moved: list[Node] = []
     for reader in readers:
         here = [op for op in reader.operators if isinstance(op, Filter) and op.child is fed_by]
@@ -87,10 +87,13 @@ def _hoist(
         out[reader.name] = reader.with_(program=rewrite(reader.program, select), operators=kept)
         moved += here
     out[producer.name] = producer.with_(program=program, operators=(*producer.operators, *moved))
-    result: list[Stage] | None = [out.get(s.name, s) for s in stages]
-    for stage in [s for s in result or () if not s.operators]:
-        result = None if result is None else _inline(stage, result, output)
-    return None if result is None else (result, list(filters.values()))
+    result = [out.get(s.name, s) for s in stages]
+    for stage in [s for s in result if not s.operators]:
+        inlined = _inline(stage, result, output)
+        if inlined is None:
+            return None
+        result = inlined
+    return result, list(filters.values())
 
 
 def _inline(stage: Stage, stages: list[Stage], output: str) -> list[Stage] | None:

@@ -204,8 +204,14 @@ class Replica:
             return await item.future
         finally:
             timer.cancel()
-            self.active -= 1
+            self._free(item)
+
+    def _free(self, item: _Call) -> None:
+        """A concurrent call no longer holds its slot (once): freed the moment it ends, before its
+        awaiting task resumes, so a call arriving right behind a cancel finds the room."""
+        if item in self._running:
             self._running.discard(item)
+            self.active -= 1
 
     async def _run_direct(self, node: Map, item: _Call) -> Table | FlowError:
         (table,) = item.bindings.values()
@@ -237,6 +243,7 @@ class Replica:
         and sync code still running is left to finish in its thread."""
         if not item.future.done():
             item.future.set_result((why, 0))
+        self._free(item)
         for coroutine in list(item.coroutines):
             coroutine.cancel()
 

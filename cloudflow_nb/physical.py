@@ -16,7 +16,7 @@ from cloudflow_nb.errors import OptimizerError
 from cloudflow_nb.plan import AnyOf, Map, Node, Source, StageInput
 from cloudflow_nb.traversal import consumers, walk
 
-__all__ = ["SOURCE", "Batching", "Decision", "Plan", "Stage", "build_plan"]
+__all__ = ["SOURCE", "Batching", "Decision", "Plan", "Stage", "build_plan", "stage_name"]
 
 SOURCE = "source"
 
@@ -204,7 +204,7 @@ def build_plan(
             raise OptimizerError(f"stage {g} must have exactly one output, has {len(used_outside)}")
         outputs.append(used_outside[0])
 
-    names = _unique(list(stage_names) if stage_names else [_default_name(m) for m in groups])
+    names = _unique(list(stage_names) if stage_names else [stage_name(m) for m in groups])
     produced_by = {id(out): names[g] for g, out in enumerate(outputs)}
     stages: dict[int, Stage] = {}
     for g, members in enumerate(groups):
@@ -235,8 +235,8 @@ def build_plan(
     return Plan(name, logical, tuple(ordered), pass_name="logical")
 
 
-def _default_name(members: Sequence[Node]) -> str:
-    """A stage named from its parts: ``pre-resnet``; lambdas read as ``lambda``."""
+def stage_name(members: Sequence[Node]) -> str:
+    """A stage named from its parts: ``pre-resnet``; lambdas read as ``lambda`` (not yet unique)."""
     return "-".join(_part_name(n) for n in members) if members else "stage"
 
 

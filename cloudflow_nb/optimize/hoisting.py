@@ -16,7 +16,7 @@ and of a stage whose result some non-filter also reads (it would see the bool co
 from __future__ import annotations
 
 from cloudflow_nb.optimize.options import Optimize
-from cloudflow_nb.physical import Decision, Stage
+from cloudflow_nb.physical import Decision, Stage, stage_name
 from cloudflow_nb.plan import Filter, Map, Mark, Node, Select, StageInput
 from cloudflow_nb.traversal import consumers, rewrite, walk
 
@@ -29,27 +29,33 @@ def hoist_filters(stages: list[Stage], output: str, options: Optimize) -> tuple[
     """``stages`` (in dependency order, the last one named ``output``) with the filters that read
     a fan-out hoisted into the stage that feeds them; a decision per hoist."""
     decisions = []
+    renamed: dict[str, str] = {}
     for name in [s.name for s in stages]:
         current = {s.name: s for s in stages}
+        name = renamed.get(name, name)
         if name not in current:  # a lone filter's stage, inlined into its readers
             continue
         producer = current[name]  # as earlier hoists left it
-        hoisted = _hoist(producer, stages, output, options)
+        hoisted = _hoist(producer, stages, renamed.get(output, output), options)
         if hoisted is None:
             continue
-        stages, filters = hoisted
+        stages, filters, renames = hoisted
+        renamed.update(renames)
         names = ", ".join(f.title for f in filters)
         why = (
             f"hoisted into stage {producer.name!r}, which feeds them: each branch gets the rows its filter "
             "kept, and a branch left without rows costs no call"
         )
+        why += "".join(f"; stage {old!r}, left without its filter, is now {new!r}" for old, new in renames.items())
         decisions.append(Decision(RULE, names, True, why))
     return stages, decisions
 
 
 def _hoist(
     producer: Stage, stages: list[Stage], output: str, options: Optimize
-) -> tuple[list[Stage], list[Filter]] | None:
+) -> tuple[list[Stage], list[Filter], dict[str, str]] | None:
+    """The stages with ``producer``'s readers' filters hoisted into it, the filters, and the new
+    names of the readers that kept other operators (named again after what they still run)."""
     if producer.in_router or producer.name == output or _races(producer, options):
         return None
     readers = [s for s in stages if producer.name in s.inputs]
@@ -93,7 +99,14 @@ def _hoist(
         if inlined is None:
             return None
         result = inlined
-    return result, list(filters.values())
+    renames = {}
+    for reader in readers:
+        left = out[reader.name].operators
+        if left and len(left) < len(reader.operators):
+            taken = {s.name for s in result} - {reader.name}
+            renames[reader.name] = _free_name(stage_name(left), taken)
+            result = _renamed(result, reader.name, renames[reader.name])
+    return result, list(filters.values()), renames
 
 
 def _inline(stage: Stage, stages: list[Stage], output: str) -> list[Stage] | None:
@@ -118,6 +131,34 @@ def _inline(stage: Stage, stages: list[Stage], output: str) -> list[Stage] | Non
             s = s.with_(program=rewrite(s.program, inlined), inputs=inputs)
         out.append(s)
     return out
+
+
+def _free_name(name: str, taken: set[str]) -> str:
+    """``name``, or ``name-2``, ``name-3`` ..., whichever no other stage has."""
+    count = 1
+    free = name
+    while free in taken:
+        count += 1
+        free = f"{name}-{count}"
+    return free
+
+
+def _renamed(stages: list[Stage], old: str, new: str) -> list[Stage]:
+    """``stages`` with stage ``old`` called ``new``, in its readers' inputs too."""
+
+    def origin(node: Node) -> Node | None:
+        if isinstance(node, StageInput) and node.origin == old:
+            return StageInput(node.slot, node.columns, new)
+        return None
+
+    return [
+        s.with_(
+            name=new if s.name == old else s.name,
+            inputs=tuple(new if i == old else i for i in s.inputs),
+            program=rewrite(s.program, origin),
+        )
+        for s in stages
+    ]
 
 
 def _reslot(node: Node, slot: int) -> Node | None:

@@ -62,7 +62,7 @@ def test_compete_one_turns_racing_off_and_says_so():
     assert all(s.replicas == 1 for s in plan.stages)
     assert (
         decisions(plan)[0]
-        == "- competition: is_fr-translate_fr: off (Optimize(compete=1)): map 'translate_fr' runs one replica"
+        == "- competition: translate_fr: off (Optimize(compete=1)): map 'translate_fr' runs one replica"
     )
 
 

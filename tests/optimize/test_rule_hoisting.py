@@ -6,7 +6,7 @@ import pytest
 from snapshots import flows
 
 import cloudflow_nb as cf
-from cloudflow_nb.plan import Filter, Mark, Select
+from cloudflow_nb.plan import Filter, Mark, Select, StageInput
 from cloudflow_nb.runtime.local import LocalEngine
 from cloudflow_nb.table import Table
 from cloudflow_nb.traversal import walk
@@ -46,18 +46,30 @@ def branches() -> cf.Flow:
 
 def test_filters_of_a_fan_out_run_in_the_stage_that_feeds_them():
     plan = fused(branches())
-    assert [s.name for s in plan.stages] == ["first", "negative-flip", "join"]
+    # 'negative-flip' lost its filter: it is named after what it still runs
+    assert [s.name for s in plan.stages] == ["first", "flip", "join"]
     first = plan.stage("first")
     assert [op.title for op in first.operators] == ["map 'first'", "filter 'positive'", "filter 'negative'"]
     assert [n.column for n in walk(first.program) if isinstance(n, Mark)] == ["_kept0", "_kept1"]
-    assert [op.title for op in plan.stage("negative-flip").operators] == ["map 'flip'"]
+    assert [op.title for op in plan.stage("flip").operators] == ["map 'flip'"]
     # the lone filter's stage is gone: the join selects its rows from 'first' itself
-    assert plan.stage("join").inputs == ("first", "negative-flip")
+    assert plan.stage("join").inputs == ("first", "flip")
+    assert {n.origin for n in walk(plan.stage("join").program) if isinstance(n, StageInput)} == {"first", "flip"}
     assert any(isinstance(n, Select) for n in walk(plan.stage("join").program))
     assert hoists(plan) == [
         "+ fusion: filter 'positive', filter 'negative': hoisted into stage 'first', which feeds them: each "
-        "branch gets the rows its filter kept, and a branch left without rows costs no call"
+        "branch gets the rows its filter kept, and a branch left without rows costs no call; stage "
+        "'negative-flip', left without its filter, is now 'flip'"
     ]
+
+
+def test_a_renamed_stage_takes_a_name_no_other_stage_has():
+    source = cf.Flow("clash", x=int).map(double, names={"x": int}, name="first")
+    other = source.filter(positive).map(negate, names={"y": int}, name="flip")
+    mine = source.filter(negative).map(negate, names={"y": int}, name="flip")
+    plan = fused(other.join(mine, how="outer"))
+    assert [s.name for s in plan.stages] == ["first", "flip", "flip-2", "join"]
+    assert plan.stage("join").inputs == ("flip", "flip-2")
 
 
 @pytest.mark.parametrize("x", [-3, 0, 2])

@@ -5,9 +5,11 @@ even for branches that take nothing (the paper's translation pipeline routes eve
 through one filter per language). When every reader of a stage's output is a filter, the
 filters' predicates run in that stage instead: each adds a bool column (a ``Mark``), and each
 branch starts with a ``Select`` of its rows, a step of the toolkit's own (no user code), which
-the router applies before it calls the branch. A branch left without rows then costs no call
+the router applies before it calls the branch (for an output that stays on its worker, the
+replica's answer names the filters that kept a row). A branch left without rows then costs no call
 (:func:`~cloudflow_nb.runtime.router.empty_in_empty_out`), and a branch that was only its
-filter disappears: its readers read the feeding stage through the ``Select``.
+filter disappears: its readers read the feeding stage through the ``Select``. A branch that keeps
+other operators is named again after them.
 
 Not hoisted: filters of a stage that races (its racers would re-run them) or runs in the router,
 and of a stage whose result some non-filter also reads (it would see the bool columns).

@@ -56,7 +56,7 @@ from distributed.diagnostics.plugin import WorkerPlugin
 
 from cloudflow_nb.errors import FlowError
 from cloudflow_nb.physical import Batching
-from cloudflow_nb.plan import Map, Node, StageInput
+from cloudflow_nb.plan import Map, Mark, Node, StageInput
 from cloudflow_nb.runtime.admission import CONCURRENT_LIMIT, Ewma
 from cloudflow_nb.runtime.batcher import Batcher, Run, WaitUntil
 from cloudflow_nb.runtime.comm import worker_gone
@@ -127,6 +127,7 @@ class Replica:
         self.spec = spec
         self.device = device
         self.slots = spec.slots
+        self.marks = [n.column for n in walk(spec.program) if isinstance(n, Mark)]  # hoisted filters' verdicts
         self.engine = LocalEngine(store=store, run_coroutine=self._await)
         self._alone = spec.concurrent and spec.batching is None  # each call on its own
         self._direct = _one_async_map(spec.program) if self._alone else None  # ... on the loop
@@ -437,7 +438,8 @@ class CloudflowWorker(WorkerPlugin):
 
         ``inputs`` holds, per slot, ``["inline", rows]`` or ``["ref", worker, key]``. With
         ``keep``, an output over ``INLINE_LIMIT`` stays here and a reference goes back. ``peek``
-        names columns whose first-row values the router wants (for locality routing). A replica
+        names columns whose first-row values the router wants (for locality routing); a kept
+        output's ``kept`` names the hoisted filters' columns that keep a row. A replica
         whose batch size adapts says in ``batch_cost`` what a batch costs per item as a fraction
         of a single call (``None`` until it has measured both).
         """
@@ -461,6 +463,8 @@ class CloudflowWorker(WorkerPlugin):
             key = f"{request}/{uuid.uuid4().hex}"
             self.results[key] = (outcome, time.monotonic())
             reply["ref"] = [self.worker.address, key, nbytes]
+            if rep.marks:  # which hoisted filters kept a row: the router skips the others' branches
+                reply["kept"] = [c for c in rep.marks if any(row[c] for row in outcome)]
         else:
             reply["rows"] = encode_table(outcome)
         return reply

@@ -78,6 +78,7 @@ class Output:
     table: Table | None = None
     ref: Ref | None = None
     peek: dict[str, Any] = field(default_factory=dict)
+    kept: frozenset[str] | None = None  # of a kept table, the hoisted filters' columns keeping a row
 
     def first(self, column: str) -> Any:
         """The first row's value of ``column``, when known here."""
@@ -122,6 +123,7 @@ class StageRuntime:
     skips_empty: bool = False  # empty inputs make an empty output, answered without a call
     first_ready: bool = False  # an in-router ``anyof``: runs on the first input that arrives
     selects: dict[int, tuple[str, ...]] = field(default_factory=dict)  # see :func:`selections`
+    slots: list[StageInput] = field(default_factory=list)  # the program's input slots, in slot order
 
     def add(self, replica: ReplicaRef, device: str) -> None:
         """A new live replica."""
@@ -186,6 +188,7 @@ def stage_runtimes(
         srt.skips_empty = empty_in_empty_out(stage.program)
         srt.first_ready = any(isinstance(n, AnyOf) for n in walk(stage.program))
         srt.selects = selections(stage.program)
+        srt.slots = stage.slots
         if stage.hedge_after is not None:
             srt.hedge = HedgePolicy(stage.hedge_after)
         elif stage.competitive:
@@ -225,11 +228,15 @@ def selections(program: Node) -> dict[int, tuple[str, ...]]:
     return out
 
 
-def _selected(out: Output, columns: tuple[str, ...] | None) -> Output:
-    """``out`` with only the rows that one of ``columns`` keeps, when it is here (not on a worker)."""
-    if columns is None or out.table is None:
+def _selected(out: Output, columns: tuple[str, ...] | None, slot: StageInput) -> Output:
+    """``out`` with only the rows that one of ``columns`` keeps: selected here when it is here, no
+    rows when it is kept on a worker and its replica said none of them keeps a row."""
+    if columns is None:
         return out
     table = out.table
+    if table is None:
+        kept = out.kept is not None and any(c in out.kept for c in columns)
+        return out if out.kept is None or kept else Output(Table(slot.schema))
     return Output(Table(table.schema, [row for row in table if any(row[c] for c in columns)]), None, out.peek)
 
 
@@ -375,7 +382,7 @@ class Router:
             inputs = [source if name == SOURCE else await tasks[name] for name in stage.inputs]
         srt = self.stages[stage.name]
         if srt.selects:
-            inputs = [_selected(out, srt.selects.get(slot)) for slot, out in enumerate(inputs)]
+            inputs = [_selected(out, srt.selects.get(i), srt.slots[i]) for i, out in enumerate(inputs)]
         if srt.skips_empty and all(i.table is not None and not len(i.table) for i in inputs):
             srt.stats.skipped += 1
             return Output(table=Table(stage.program.schema))
@@ -595,7 +602,8 @@ class Router:
             table = decode_table(srt.stage.program.schema, reply["rows"]) if "rows" in reply else None
             if table is not None:  # a stage that answers megabytes keeps its calls on Dask comms
                 srt.bulky = table_nbytes(table) > BULKY
-            return Output(table, ref, reply.get("peek") or {}), reply["batch"]
+            kept = frozenset(reply["kept"]) if "kept" in reply else None
+            return Output(table, ref, reply.get("peek") or {}, kept), reply["batch"]
         if status == "error":
             return unpack_error(reply), reply["batch"]
         if status == "overload":

@@ -82,11 +82,37 @@ def test_hoisted_filters_send_each_branch_only_its_rows(serving_cluster):
     )
     requests = [{"x": x} for x in (3, -2, 5, 0, 7)] + [[{"x": 1}, {"x": -1}]]
     with serving_cluster.deploy(flow) as dep:
-        assert [s.name for s in dep.plan.stages] == ["first", "positive-up", "lambda-down", "join"]
+        assert [s.name for s in dep.plan.stages] == ["first", "up", "down", "join"]
         got = [dep.predict(request) for request in requests]
         stages = dep.stats()["stages"]
     assert got == [flow.run(request) for request in requests]
     assert [row["y"] for row in got[-1]] == [4, -4]  # a two-row request: one row down each branch
-    assert (stages["positive-up"]["count"], stages["positive-up"]["skipped"]) == (4, 2)
-    assert (stages["lambda-down"]["count"], stages["lambda-down"]["skipped"]) == (3, 3)
+    assert (stages["up"]["count"], stages["up"]["skipped"]) == (4, 2)
+    assert (stages["down"]["count"], stages["down"]["skipped"]) == (3, 3)
     assert stages["first"]["count"] == len(requests)  # the filters cost no call of their own
+
+
+def with_frame(row):
+    return bytes(300_000)  # over the inline limit: the output stays on its worker
+
+
+def frame_size(row):
+    return len(row["frame"]) + row["x"]
+
+
+@pytest.mark.cluster
+def test_a_branch_of_an_output_kept_on_a_worker_is_skipped_when_its_filter_keeps_nothing(serving_cluster):
+    # the router never sees the rows: the replica says which hoisted filters kept one
+    flow = X.map(with_frame, names={"frame": bytes}, name="first")
+    up = flow.filter(positive).map(frame_size, names=["y"], name="up")
+    down = flow.filter(lambda r: r["x"] <= 0).map(frame_size, names=["y"], name="down")
+    flow = up.join(down, how="outer")
+    requests = [{"x": x} for x in (3, -2, 5)] + [[{"x": 1}, {"x": -1}]]
+    with serving_cluster.deploy(flow) as dep:
+        assert [s.name for s in dep.plan.stages] == ["first", "up", "down", "join"]
+        got = [dep.predict(request) for request in requests]
+        stages = dep.stats()["stages"]
+    assert got == [flow.run(request) for request in requests]
+    assert [row["y"] for row in got[-1]] == [300_001, 299_999]
+    assert (stages["up"]["count"], stages["up"]["skipped"]) == (3, 1)
+    assert (stages["down"]["count"], stages["down"]["skipped"]) == (2, 2)
